@@ -1,0 +1,130 @@
+"""The driver interface and the registry that finds drivers through entry points.
+
+A driver does blocking I/O through a narrow seam (an object with the
+``smbus2.SMBus`` method set for I2C); the polling layer runs it on the bus's
+own worker thread, so drivers stay plain synchronous code and the conversion
+math stays pure functions of bytes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from gateway.readings import Measurement
+
+ENTRY_POINT_GROUP = "wsn_gateway.drivers"
+
+# Used only when the package metadata is absent (running from a bare source tree).
+BUILTIN_DRIVERS = {
+    "bme280": "drivers.bme280:BME280",
+    "counter": "drivers.counter:Counter",
+}
+
+
+class SMBusLike(Protocol):
+    """The part of ``smbus2.SMBus`` that drivers may use; simulators implement the same."""
+
+    def read_byte_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int: ...
+
+    def write_byte_data(
+        self, i2c_addr: int, register: int, value: int, force: bool | None = None
+    ) -> None: ...
+
+    def read_i2c_block_data(
+        self, i2c_addr: int, register: int, length: int, force: bool | None = None
+    ) -> list[int]: ...
+
+    def write_i2c_block_data(
+        self, i2c_addr: int, register: int, data: list[int], force: bool | None = None
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class DriverOptions(BaseModel):
+    """Base of each driver's own settings (the ``options:`` mapping of a sensor)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    """Where a driver instance lives: its sensor name and, for I2C chips, bus and address."""
+
+    sensor: str
+    bus: SMBusLike | None = None
+    address: int | None = None
+
+
+class Driver(ABC):
+    """A polled sensor.
+
+    ``setup`` checks the chip's identity and configures it; it is called before
+    the first read and again after failed reads, so it must be idempotent.
+    ``read`` returns one cycle's measurements or raises ``OSError`` (bus errors,
+    including ``gateway.errors.SensorError`` for bad CRCs or ids).
+    """
+
+    #: The settings model for this driver's ``options:`` mapping.
+    options_model: ClassVar[type[DriverOptions]] = DriverOptions
+    #: "i2c" drivers get a bus and an address; "none" drivers need neither.
+    bus_kind: ClassVar[str] = "none"
+    #: Addresses the chip can answer on; the first is the default.
+    addresses: ClassVar[tuple[int, ...]] = ()
+    #: Physical range per quantity from the datasheet; values outside are rejected.
+    ranges: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    def __init__(self, context: DriverContext, options: DriverOptions) -> None:
+        self.context = context
+        self.options = options
+
+    def setup(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Check the chip and configure it; idempotent."""
+
+    @abstractmethod
+    def read(self) -> list[Measurement]:
+        """Take one measurement cycle (blocking)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Release what ``setup`` acquired."""
+
+    @classmethod
+    def simulator(cls, address: int, seed: int) -> Any:  # noqa: ANN401 - chip-specific type
+        """A simulated chip to attach to ``drivers.sim.bus.SimBus`` at ``address``."""
+        raise NotImplementedError(f"{cls.__name__} has no simulator")
+
+
+def out_of_range(driver: type[Driver], measurement: Measurement) -> bool:
+    """True when a numeric value lies outside the chip's datasheet range."""
+    bounds = driver.ranges.get(measurement.quantity)
+    value = measurement.value
+    if bounds is None or isinstance(value, str | bool):
+        return False
+    low, high = bounds
+    return not low <= value <= high
+
+
+def available_drivers() -> dict[str, str]:
+    """Driver name to ``module:Class`` for every registered driver."""
+    found = dict(BUILTIN_DRIVERS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def load_driver(name: str) -> type[Driver]:
+    """The driver class registered under ``name``; KeyError lists the known ones."""
+    target = available_drivers().get(name)
+    if target is None:
+        raise KeyError(name)
+    module_name, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Driver)):
+        raise TypeError(f"entry point {name!r} ({target}) is not a Driver subclass")
+    return cls

@@ -1,0 +1,1 @@
+"""Simulated chips and serial devices that act as the bus, so the real driver code runs."""
