@@ -95,7 +95,7 @@ class Driver(ABC):
         """Release what ``setup`` acquired."""
 
     @classmethod
-    def simulator(cls, address: int, seed: int) -> Any:  # noqa: ANN401 - chip-specific type
+    def simulator(cls, address: int, seed: int) -> Any:
         """A simulated chip to attach to ``drivers.sim.bus.SimBus`` at ``address``."""
         raise NotImplementedError(f"{cls.__name__} has no simulator")
 

@@ -38,9 +38,17 @@ class Reading:
         return f"{self.sensor}/{self.quantity}"
 
 
+#: I-JSON (RFC 7493) interoperable magnitude: larger numbers lose precision in
+#: consumers that parse JSON numbers as doubles, and RFC 8785 refuses them as integers.
+MAX_SAFE = 2.0**53
+
+
 def is_publishable(value: Value) -> bool:
-    """JSON cannot carry NaN or infinities, so such values never reach a batch."""
-    return not (isinstance(value, float) and not math.isfinite(value))
+    """JSON cannot carry NaN or infinities (and I-JSON no magnitude ≥ 2^53), so such
+    values never reach a batch."""
+    if isinstance(value, bool) or not isinstance(value, float | int):
+        return True
+    return math.isfinite(value) and abs(value) < MAX_SAFE
 
 
 def senml_value(value: Value) -> tuple[str, Value]:

@@ -1,0 +1,379 @@
+"""The durable buffer: readings, the outbox of sealed batches, and the stream state.
+
+One SQLite file in WAL mode holds all three, so that sealing a batch (insert
+into the outbox, delete its readings, advance seq and prev) is one transaction:
+a reading is always either buffered or inside exactly one sealed batch, across
+any crash. This module is synchronous on purpose; the daemon calls it from a
+single worker thread, which also serialises access to the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.envelope import Chain, Sealed
+from gateway.readings import Reading, Value
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Bytes a buffered reading costs on disk (row, index entry and page overhead,
+# measured on SQLite 3.40 with numeric values); string values add their length.
+ROW_BYTES = 40
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    unit TEXT,
+    UNIQUE (name, unit)
+);
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY,
+    series INTEGER NOT NULL,
+    value,
+    kind INTEGER NOT NULL,
+    time REAL NOT NULL,
+    unsynced INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    payload BLOB NOT NULL,
+    count INTEGER NOT NULL,
+    sealed REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value
+);
+"""
+
+# value kinds: how the dynamically typed ``value`` column is read back
+_NUMBER, _STRING, _BOOL = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Buffered:
+    """A reading as stored, with its row id."""
+
+    id: int
+    reading: Reading
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A sealed batch waiting for its PUBACK."""
+
+    seq: int
+    payload: bytes
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """What ``buffer stats`` shows."""
+
+    path: Path
+    readings: int
+    oldest_time: float | None
+    newest_time: float | None
+    outbox_batches: int
+    outbox_readings: int
+    outbox_bytes: int
+    size_bytes: int
+    max_bytes: int
+    file_bytes: int
+    dropped_pending: int
+    dropped_total: int
+    stream: str
+    last_seq: int
+
+
+def _encode(value: Value) -> tuple[Value, int]:
+    if isinstance(value, bool):
+        return int(value), _BOOL
+    if isinstance(value, str):
+        return value, _STRING
+    return float(value), _NUMBER
+
+
+def _decode(value: object, kind: int) -> Value:
+    if kind == _BOOL:
+        return bool(value)
+    if kind == _STRING:
+        return str(value)
+    assert isinstance(value, int | float)
+    return float(value)
+
+
+class Buffer:
+    """Readings, outbox and stream state in one SQLite file, capped in bytes."""
+
+    def __init__(self, path: Path, *, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a group commit is on disk when it returns; one fsync per commit.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._series: dict[tuple[str, str | None], int] = {
+            (name, unit): sid
+            for sid, name, unit in self._db.execute("SELECT id, name, unit FROM series")
+        }
+        self._names = {sid: key for key, sid in self._series.items()}
+        with self._transaction():
+            if self._get("stream") is None:
+                self._set("stream", secrets.token_hex(8))
+                self._set("seq", 0)
+                self._set("last_hash", None)
+                self._set("dropped_pending", 0)
+                self._set("dropped_total", 0)
+                self._set("schema", SCHEMA_VERSION)
+                log.info("buffer created", extra={"path": str(path)})
+        self._count, self._size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(? + CASE kind WHEN 1 THEN LENGTH(value) ELSE 0 END), 0)"
+            " FROM readings",
+            (ROW_BYTES,),
+        ).fetchone()
+        (outbox_bytes,) = self._db.execute(
+            "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
+        ).fetchone()
+        self._size += outbox_bytes
+
+    # --- plumbing ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (the connection is in
+        autocommit mode, so transactions are explicit)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _get(self, key: str) -> object:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _int(self, key: str) -> int:
+        value = self._get(key)
+        return int(value) if isinstance(value, int | float | str) else 0
+
+    def _set(self, key: str, value: object) -> None:
+        self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, value))
+
+    def _series_id(self, name: str, unit: str | None) -> int:
+        key = (name, unit)
+        sid = self._series.get(key)
+        if sid is None:
+            cur = self._db.execute("INSERT INTO series (name, unit) VALUES (?, ?)", key)
+            sid = cur.lastrowid
+            assert sid is not None
+            self._series[key] = sid
+            self._names[sid] = key
+        return sid
+
+    # --- readings ---------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        """Readings buffered and not yet sealed."""
+        return int(self._count)
+
+    @property
+    def size(self) -> int:
+        """Bytes counted against the cap: readings plus outbox payloads."""
+        return int(self._size)
+
+    def add(self, readings: Sequence[Reading]) -> int:
+        """Store readings in one transaction (a group commit); returns how many of
+        the oldest were dropped to stay under the cap."""
+        if not readings:
+            return 0
+        rows = []
+        added = 0
+        for r in readings:
+            value, kind = _encode(r.value)
+            rows.append((self._series_id(r.name, r.unit), value, kind, r.time, int(not r.synced)))
+            added += ROW_BYTES + (len(value) if isinstance(value, str) else 0)
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO readings (series, value, kind, time, unsynced) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            dropped, freed = self._drop_oldest(self._size + added - self.max_bytes)
+        # In-memory totals change only once the transaction has committed.
+        self._count += len(rows) - dropped
+        self._size += added - freed
+        if dropped:
+            log.warning(
+                "buffer full: dropped oldest readings",
+                extra={"dropped": dropped, "max_bytes": self.max_bytes},
+            )
+        return dropped
+
+    def _drop_oldest(self, excess: int) -> tuple[int, int]:
+        """Delete the oldest readings to free ``excess`` bytes, inside the caller's
+        transaction; counted into ``dropped``. Returns (readings, bytes) freed."""
+        if excess <= 0:
+            return 0, 0
+        # Free a little more than needed so that a full buffer does not delete on
+        # every single commit.
+        target = excess + self.max_bytes // 100
+        freed = dropped = 0
+        last_id = None
+        for rid, kind, value in self._db.execute(
+            "SELECT id, kind, value FROM readings ORDER BY id"
+        ):
+            freed += ROW_BYTES + (len(value) if kind == _STRING else 0)
+            last_id = rid
+            dropped += 1
+            if freed >= target:
+                break
+        if last_id is None:
+            return 0, 0
+        self._db.execute("DELETE FROM readings WHERE id <= ?", (last_id,))
+        self._set("dropped_pending", self.dropped_pending + dropped)
+        self._set("dropped_total", self._int("dropped_total") + dropped)
+        return dropped, freed
+
+    def oldest(self, limit: int) -> list[Buffered]:
+        """The oldest buffered readings, by arrival, at most ``limit``."""
+        out = []
+        for rid, sid, value, kind, t, unsynced in self._db.execute(
+            "SELECT id, series, value, kind, time, unsynced FROM readings ORDER BY id LIMIT ?",
+            (limit,),
+        ):
+            name, unit = self._names[sid]
+            sensor, _, quantity = name.partition("/")
+            out.append(
+                Buffered(
+                    rid, Reading(sensor, quantity, unit, _decode(value, kind), t, not unsynced)
+                )
+            )
+        return out
+
+    # --- sealing and the outbox -------------------------------------------------------
+    def chain(self) -> Chain:
+        """The stream id, last sealed seq and its payload hash."""
+        last_hash = self._get("last_hash")
+        return Chain(
+            str(self._get("stream")),
+            self._int("seq"),
+            None if last_hash is None else str(last_hash),
+        )
+
+    @property
+    def dropped_pending(self) -> int:
+        """Readings dropped since the last sealed batch: the next batch's ``dropped``."""
+        return self._int("dropped_pending")
+
+    def commit_batch(self, sealed: Sealed, reading_ids: Iterable[int], dropped: int) -> None:
+        """Put a sealed batch in the outbox and remove its readings, atomically."""
+        ids = list(reading_ids)
+        if len(ids) != sealed.count:
+            raise ValueError(f"batch holds {sealed.count} readings, {len(ids)} ids given")
+        with self._transaction():
+            if self._int("seq") + 1 != sealed.seq:
+                raise ValueError(f"batch seq {sealed.seq} does not follow the stream")
+            self._db.execute(
+                "INSERT INTO outbox (seq, payload, count, sealed) VALUES (?, ?, ?, ?)",
+                (sealed.seq, sealed.payload, sealed.count, time.time()),
+            )
+            freed = 0
+            for chunk_start in range(0, len(ids), 500):
+                chunk = ids[chunk_start : chunk_start + 500]
+                marks = ",".join("?" * len(chunk))
+                (chunk_bytes,) = self._db.execute(
+                    f"SELECT COALESCE(SUM(? + CASE kind WHEN 1 THEN LENGTH(value) ELSE 0 END), 0)"  # noqa: S608
+                    f" FROM readings WHERE id IN ({marks})",
+                    (ROW_BYTES, *chunk),
+                ).fetchone()
+                deleted = self._db.execute(
+                    f"DELETE FROM readings WHERE id IN ({marks})",  # noqa: S608
+                    chunk,
+                ).rowcount
+                if deleted != len(chunk):
+                    raise ValueError("a sealed reading was no longer in the buffer")
+                freed += chunk_bytes
+            self._set("seq", sealed.seq)
+            self._set("last_hash", sealed.digest)
+            self._set("dropped_pending", self.dropped_pending - dropped)
+        self._count -= len(ids)
+        self._size += len(sealed.payload) - freed
+
+    def outbox(self, *, after: int = 0, limit: int = 100) -> list[OutboxEntry]:
+        """Sealed, unacknowledged batches in seq order."""
+        return [
+            OutboxEntry(seq, bytes(payload), count)
+            for seq, payload, count in self._db.execute(
+                "SELECT seq, payload, count FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            )
+        ]
+
+    def outbox_count(self) -> int:
+        """How many sealed batches await their PUBACK."""
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        """Delete acknowledged batches; returns the readings they carried."""
+        seqs = list(seqs)
+        if not seqs:
+            return 0
+        with self._transaction():
+            marks = ",".join("?" * len(seqs))
+            count, size = self._db.execute(
+                f"SELECT COALESCE(SUM(count), 0), COALESCE(SUM(LENGTH(payload)), 0)"  # noqa: S608
+                f" FROM outbox WHERE seq IN ({marks})",
+                seqs,
+            ).fetchone()
+            self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs)  # noqa: S608
+        self._size -= size
+        return int(count)
+
+    def stats(self) -> BufferStats:
+        """A snapshot of the buffer for people and metrics."""
+        oldest, newest = self._db.execute("SELECT MIN(time), MAX(time) FROM readings").fetchone()
+        n, readings, nbytes = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(count), 0), COALESCE(SUM(LENGTH(payload)), 0)"
+            " FROM outbox"
+        ).fetchone()
+        chain = self.chain()
+        file_bytes = sum(
+            p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists()
+        )
+        return BufferStats(
+            path=self.path,
+            readings=self.count,
+            oldest_time=oldest,
+            newest_time=newest,
+            outbox_batches=n,
+            outbox_readings=readings,
+            outbox_bytes=nbytes,
+            size_bytes=self.size,
+            max_bytes=self.max_bytes,
+            file_bytes=file_bytes,
+            dropped_pending=self.dropped_pending,
+            dropped_total=self._int("dropped_total"),
+            stream=chain.stream,
+            last_seq=chain.seq,
+        )
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()

@@ -1,0 +1,385 @@
+"""Wires sensors, buffer, sealer and publisher together and owns their lifecycle.
+
+SIGTERM/SIGINT: polling stops, what is buffered is sealed and published
+within the grace period, the rest stays safely in the buffer. SIGHUP: the
+configuration is read again and every part restarted on it; buffered data
+stays where it is (a bad new configuration is logged and the old one kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from gateway.buffer import Buffer, Buffered
+from gateway.buses import Buses
+from gateway.clock import clock_synchronised
+from gateway.config import Settings, load_settings
+from gateway.envelope import Sealed, Sealer
+from gateway.errors import ConfigError, GatewayError
+from gateway.metrics import Counters
+from gateway.polling import Poller
+from gateway.publisher import MqttTarget, Publisher
+from gateway.readings import Reading
+from gateway.sensors import open_sensor
+from gateway.signing import Signer, certificate_signer, load_or_create_ed25519
+from gateway.workers import Worker
+
+log = logging.getLogger(__name__)
+
+#: Seconds SIGTERM allows for sealing and publishing what is buffered.
+STOP_GRACE = 10.0
+#: A status line with the counters goes to the log this often (seconds).
+STATUS_EVERY = 60.0
+#: Until the first batch is sealed, a record is assumed to take this many bytes.
+FIRST_RECORD_ESTIMATE = 60
+
+
+def make_signer(settings: Settings) -> Signer:
+    """The configured signing key: the gateway's Ed25519 key or the certificate's."""
+    if settings.signing.key == "certificate":
+        return certificate_signer(settings.mqtt.cert, settings.mqtt.key)
+    return load_or_create_ed25519(settings.signing_key_path)
+
+
+def mqtt_target(settings: Settings) -> MqttTarget:
+    """Connection parameters from the settings."""
+    m = settings.mqtt
+    return MqttTarget(
+        thing=settings.thing,
+        host=m.endpoint,
+        port=m.port,
+        ca=m.ca,
+        cert=m.cert,
+        key=m.key,
+        alpn=m.port == 443 if m.alpn is None else m.alpn,
+        keepalive=m.keepalive,
+        topic=settings.telemetry_topic,
+        status_topic=settings.status_topic,
+        max_inflight=m.max_inflight,
+        messages_per_second=m.messages_per_second,
+        bytes_per_second=m.bytes_per_second,
+        reconnect_min=m.reconnect_min,
+        reconnect_max=m.reconnect_max,
+        connect_timeout=m.connect_timeout,
+        publish_timeout=m.publish_timeout,
+    )
+
+
+@dataclass
+class _Age:
+    """When each group commit landed (monotonic), to seal partial batches on age
+    without trusting the wall clock."""
+
+    commits: deque[list[float]] = field(default_factory=deque)
+
+    def add(self, count: int, at: float) -> None:
+        self.commits.append([at, count])
+
+    def sealed(self, count: int) -> None:
+        while count and self.commits:
+            head = self.commits[0]
+            take = min(count, int(head[1]))
+            head[1] -= take
+            count -= take
+            if head[1] <= 0:
+                self.commits.popleft()
+
+    def oldest(self) -> float | None:
+        return self.commits[0][0] if self.commits else None
+
+
+class Daemon:
+    """The running gateway: one instance per process."""
+
+    def __init__(self, settings: Settings, *, counters: Counters | None = None) -> None:
+        self.settings = settings
+        self.counters = counters or Counters()
+        self.pollers: list[Poller] = []
+        self.publisher: Publisher | None = None
+        self.buffer: Buffer | None = None
+        self.ready = asyncio.Event()
+        self._worker = Worker("buffer")
+        self._pending: list[Reading] = []
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._seal_wake = asyncio.Event()
+        self._age = _Age()
+        self._record_bytes = float(FIRST_RECORD_ESTIMATE)
+        self._sealer: Sealer | None = None
+
+    # --- signals --------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop gracefully (SIGTERM, SIGINT)."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Re-read the configuration (SIGHUP)."""
+        self._reload.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Run until stopped; a reload restarts every part on the new settings."""
+        if handle_signals:
+            self._install_signals()
+        try:
+            while True:
+                await self._run_once()
+                if self._stop.is_set():
+                    return
+                self._reload.clear()
+                try:
+                    assert self.settings.source is not None
+                    self.settings = load_settings(self.settings.source)
+                    log.info("configuration reloaded", extra={"path": str(self.settings.source)})
+                except ConfigError as err:
+                    log.error(
+                        "reload refused: the new configuration is invalid; keeping the old one",
+                        extra={"problems": err.problems},
+                    )
+        finally:
+            self._worker.shutdown()
+
+    async def _run_once(self) -> None:
+        s = self.settings
+        signer = make_signer(s)
+        self._sealer = Sealer(
+            thing=s.thing, signer=signer, max_bytes=s.batch.max_bytes, max_records=s.batch.max_records
+        )
+        target = mqtt_target(s)
+        self.buffer = await self._worker.run(
+            Buffer, s.buffer_path, max_bytes=s.buffer.max_bytes
+        )
+        buffer = self.buffer
+        backlog = buffer.count
+        if backlog:
+            self._age.add(backlog, float("-inf"))  # left from before: due at once
+        self.publisher = Publisher(
+            target, fetch=self._fetch, ack=self._acked, counters=self.counters
+        )
+        buses = Buses()
+        self.pollers = self._make_pollers(buses)
+        log.info(
+            "started",
+            extra={
+                "thing": s.thing,
+                "sensors": [p.name for p in self.pollers],
+                "buffered": backlog,
+                "stream": buffer.chain().stream,
+                "signing": {"alg": signer.alg, "kid": signer.kid},
+            },
+        )
+        tasks = [asyncio.create_task(p.run(), name=f"poll:{p.name}") for p in self.pollers]
+        core = [
+            asyncio.create_task(self.publisher.run(), name="publisher"),
+            asyncio.create_task(self._commit_loop(), name="commit"),
+            asyncio.create_task(self._seal_loop(), name="seal"),
+            asyncio.create_task(self._status_loop(), name="status"),
+        ]
+        self.ready.set()
+        stop = asyncio.create_task(self._stop.wait())
+        reload = asyncio.create_task(self._reload.wait())
+        try:
+            done, _ = await asyncio.wait(
+                [stop, reload, *core], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task in core:
+                    task.result()  # a core part failing is a bug: let it surface
+                    raise RuntimeError(f"{task.get_name()} ended unexpectedly")
+        finally:
+            self.ready.clear()
+            stop.cancel()
+            reload.cancel()
+            await _cancel(tasks)
+            buses.close()
+            await self._commit()
+            if self._stop.is_set():
+                await self._drain(STOP_GRACE)
+            await _cancel(core)
+            await self.publisher.close()
+            await self._worker.run(buffer.close)
+            log.info("stopped", extra={"counters": self.counters.snapshot()})
+
+    def _make_pollers(self, buses: Buses) -> list[Poller]:
+        policy = self.settings.clock
+
+        def synced() -> bool:
+            return clock_synchronised(policy)
+
+        pollers = []
+        for sensor in self.settings.sensors:
+            driver, worker = open_sensor(sensor, buses)
+            pollers.append(
+                Poller(
+                    name=sensor.name,
+                    driver=driver,
+                    worker=worker,
+                    interval=sensor.interval,
+                    timeout=sensor.timeout,
+                    retries=sensor.retries,
+                    sink=self._take,
+                    synced=synced,
+                )
+            )
+        return pollers
+
+    # --- readings into the buffer ---------------------------------------------------
+    def _take(self, readings: list[Reading]) -> None:
+        self._pending.extend(readings)
+        self.counters.readings_taken += len(readings)
+
+    async def _commit(self) -> None:
+        """One group commit of everything polled since the last one."""
+        if not self._pending or self.buffer is None:
+            return
+        batch, self._pending = self._pending, []
+        dropped = await self._worker.run(self.buffer.add, batch)
+        self.counters.readings_buffered += len(batch)
+        self.counters.readings_dropped += dropped
+        self._age.add(len(batch), time.monotonic())
+        self._age.sealed(dropped)
+        self._seal_wake.set()
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.buffer.commit_interval)
+            await self._commit()
+
+    # --- sealing --------------------------------------------------------------------
+    def _seal_due(self, buffered: int, force: bool) -> bool:
+        if buffered == 0:
+            return False
+        s = self.settings.batch
+        if force or buffered >= s.max_records or buffered * self._record_bytes >= s.max_bytes:
+            return True
+        oldest = self._age.oldest()
+        return oldest is not None and time.monotonic() - oldest >= s.max_age
+
+    def _seal_one(self, force: bool) -> Sealed | None:
+        """Seal the oldest readings into one batch (runs on the buffer worker)."""
+        buffer, sealer = self.buffer, self._sealer
+        assert buffer is not None and sealer is not None
+        candidates: list[Buffered] = buffer.oldest(sealer.max_records)
+        if not candidates:
+            return None
+        candidates.sort(key=lambda b: (b.reading.time, b.id))
+        dropped = buffer.dropped_pending
+        sealed = sealer.seal(
+            buffer.chain(), [b.reading for b in candidates], now=time.time(), dropped=dropped
+        )
+        full = sealed.count < len(candidates) or sealed.count >= sealer.max_records
+        if not (full or force or self._seal_due(buffer.count, force=False)):
+            return None
+        buffer.commit_batch(sealed, (b.id for b in candidates[: sealed.count]), dropped)
+        return sealed
+
+    async def _seal_some(self, force: bool = False) -> int:
+        """Seal while there is room in the outbox and a batch is due."""
+        assert self.buffer is not None and self.publisher is not None
+        made = 0
+        window = self.settings.mqtt.max_inflight
+        while self._seal_due(self.buffer.count, force):
+            if await self._worker.run(self.buffer.outbox_count) >= window:
+                break
+            sealed = await self._worker.run(self._seal_one, force)
+            if sealed is None:
+                break
+            made += 1
+            self.counters.batches_sealed += 1
+            self.counters.readings_sealed += sealed.count
+            self._age.sealed(sealed.count)
+            self._record_bytes = len(sealed.payload) / sealed.count
+            self.publisher.wake()
+        return made
+
+    async def _seal_loop(self) -> None:
+        """Seal only while connected: offline, readings wait in the buffer and are
+        packed into full batches once the uplink is back."""
+        assert self.publisher is not None
+        while True:
+            await self.publisher.connected.wait()
+            self._seal_wake.clear()
+            await self._seal_some()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._seal_wake.wait(), timeout=1.0)
+
+    # --- the publisher's view of the outbox -----------------------------------------
+    async def _fetch(self, after: int, limit: int) -> list:  # type: ignore[type-arg]
+        assert self.buffer is not None
+        return await self._worker.run(self.buffer.outbox, after=after, limit=limit)
+
+    async def _acked(self, seqs: list[int]) -> int:
+        assert self.buffer is not None
+        readings = await self._worker.run(self.buffer.ack, seqs)
+        self._seal_wake.set()
+        return readings
+
+    # --- shutdown and status ---------------------------------------------------------
+    async def _drain(self, grace: float) -> None:
+        """Seal and publish what is buffered, for at most ``grace`` seconds."""
+        assert self.buffer is not None and self.publisher is not None
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not self.publisher.connected.is_set():
+                break
+            await self._seal_some(force=True)
+            outbox = await self._worker.run(self.buffer.outbox_count)
+            if outbox == 0 and self.buffer.count == 0:
+                break
+            await asyncio.sleep(0.05)
+        await self.publisher.close()
+        outbox = await self._worker.run(self.buffer.outbox_count)
+        log.info(
+            "left in the buffer for the next start",
+            extra={"readings": self.buffer.count, "batches": outbox},
+        )
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_EVERY)
+            log.info("status", extra=self.status())
+
+    def status(self) -> dict[str, object]:
+        """A summary for logs, the demo and ``status``."""
+        publisher = self.publisher
+        return {
+            "connected": bool(publisher and publisher.connected.is_set()),
+            "buffered": self.buffer.count if self.buffer else 0,
+            "in_flight": publisher.in_flight if publisher else 0,
+            "last_acked_seq": publisher.last_acked_seq if publisher else None,
+            "sensors": {p.name: p.status.health.value for p in self.pollers},
+            **self.counters.snapshot(),
+        }
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            log.error(
+                "task failed", extra={"task": task.get_name(), "error": repr(result)}
+            )
+
+
+def run_daemon(settings: Settings) -> int:
+    """Entry point of ``wsn-gateway run``: 0 after a clean stop, 1 on failure."""
+    try:
+        asyncio.run(Daemon(settings).run())
+    except GatewayError as err:
+        log.error(str(err))
+        return 1
+    return 0

@@ -1,0 +1,165 @@
+"""Per-sensor polling: a drift-free schedule, a timeout on every read, retries with
+backoff, and a health state per sensor. Each sensor has its own task, so one
+that hangs or fails never delays the others."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from drivers.base import Driver, out_of_range
+from gateway.readings import Measurement, Reading, is_publishable
+from gateway.workers import Worker
+
+log = logging.getLogger(__name__)
+
+#: Consecutive failed cycles after which a sensor counts as failed.
+FAILED_AFTER = 3
+#: First retry delay in seconds; doubled per attempt, capped by a quarter interval.
+RETRY_BASE = 0.1
+
+
+class Health(enum.StrEnum):
+    """What the logs and status report per sensor."""
+
+    OK = "ok"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+
+
+@dataclass
+class SensorStatus:
+    """A sensor's health and counters, as the status output shows them."""
+
+    health: Health = Health.OK
+    failed_cycles: int = 0
+    errors: int = 0
+    rejected: int = 0
+    readings: int = 0
+    last_error: str | None = None
+    last_values: dict[str, object] = field(default_factory=dict)
+    last_ok: float | None = None
+
+
+class Poller:
+    """Polls one sensor on its own schedule and hands readings to ``sink``."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        driver: Driver,
+        worker: Worker,
+        interval: float,
+        timeout: float,
+        retries: int,
+        sink: Callable[[list[Reading]], None],
+        synced: Callable[[], bool],
+    ) -> None:
+        self.name = name
+        self.driver = driver
+        self.worker = worker
+        self.interval = interval
+        self.timeout = timeout
+        self.retries = retries
+        self.sink = sink
+        self.synced = synced
+        self.status = SensorStatus()
+        self._needs_setup = True
+
+    async def run(self) -> None:
+        """Poll forever on a monotonic schedule: slot k is at start + k·interval, so
+        the period never drifts; slots missed by a slow read are skipped, not queued."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        slot = 0
+        while True:
+            await self.poll_once()
+            now = loop.time()
+            slot = max(slot + 1, math.ceil((now - start) / self.interval))
+            await asyncio.sleep(start + slot * self.interval - now)
+
+    async def _attempt(self) -> list[Measurement]:
+        if self._needs_setup:
+            await asyncio.wait_for(self.worker.run(self.driver.setup), self.timeout)
+            self._needs_setup = False
+        return await asyncio.wait_for(self.worker.run(self.driver.read), self.timeout)
+
+    async def poll_once(self) -> list[Reading]:
+        """One cycle: read with retries, check, stamp, hand on; returns what was kept."""
+        errors: list[str] = []
+        for attempt in range(self.retries + 1):
+            try:
+                measurements = await self._attempt()
+            except (OSError, TimeoutError, ValueError) as err:
+                # A chip that failed may have reset or been swapped: set it up again.
+                self._needs_setup = True
+                errors.append(_describe(err, self.timeout))
+                self.status.errors += 1
+                if attempt < self.retries:
+                    await asyncio.sleep(min(RETRY_BASE * 2**attempt, self.interval / 4))
+                continue
+            readings = self._accept(measurements)
+            self._settle(healthy=not errors, error=errors[-1] if errors else None)
+            return readings
+        self._settle(healthy=False, error=errors[-1], failed_cycle=True)
+        return []
+
+    def _accept(self, measurements: list[Measurement]) -> list[Reading]:
+        now = round(time.time(), 3)
+        synced = self.synced()
+        readings = []
+        for m in measurements:
+            if not is_publishable(m.value) or out_of_range(type(self.driver), m):
+                self.status.rejected += 1
+                log.warning(
+                    "reading rejected: outside the sensor's physical range",
+                    extra={"sensor": self.name, "quantity": m.quantity, "value": repr(m.value)},
+                )
+                continue
+            readings.append(Reading(self.name, m.quantity, m.unit, m.value, now, synced))
+            self.status.last_values[m.quantity] = m.value
+        if readings:
+            self.status.readings += len(readings)
+            self.status.last_ok = now
+            self.sink(readings)
+        return readings
+
+    def _settle(self, *, healthy: bool, error: str | None, failed_cycle: bool = False) -> None:
+        status = self.status
+        status.failed_cycles = status.failed_cycles + 1 if failed_cycle else 0
+        if status.failed_cycles >= FAILED_AFTER:
+            health = Health.FAILED
+        elif healthy:
+            health = Health.OK
+        else:
+            health = Health.DEGRADED
+        if error:
+            status.last_error = error
+        if health is not status.health:
+            level = logging.INFO if health is Health.OK else logging.WARNING
+            log.log(
+                level,
+                f"sensor {self.name} is {health.value}",
+                extra={
+                    "sensor": self.name,
+                    "health": health.value,
+                    "was": status.health.value,
+                    "error": error,
+                    "failed_cycles": status.failed_cycles,
+                },
+            )
+            status.health = health
+
+
+def _describe(err: BaseException, timeout: float) -> str:
+    if isinstance(err, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(err, OSError) and err.errno is not None:
+        return f"{err.strerror or err} (errno {err.errno})"
+    return str(err) or type(err).__name__

@@ -1,0 +1,303 @@
+"""MQTT over mutual TLS: connect, publish the outbox at QoS 1, delete on PUBACK.
+
+Each connection is one ``aiomqtt.Client`` session. Batches are published in
+seq order from the outbox, at most ``max_inflight`` unacknowledged at once and
+within the rate limits; an outbox row is deleted only after its PUBACK. When
+the connection drops, or a PUBACK does not come within ``publish_timeout``,
+the session ends and the next one republishes every unacknowledged batch from
+the outbox, as the very same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+
+from gateway.buffer import OutboxEntry
+from gateway.errors import PublishError
+from gateway.metrics import Counters
+from gateway.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+AWS_ALPN = "x-amzn-mqtt-ca"
+#: PUBACKs are deleted from the outbox in groups: one transaction (one fsync)
+#: per this many acknowledgements or per ACK_FLUSH_SECONDS, whichever first.
+ACK_GROUP = 50
+ACK_FLUSH_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    """Everything a connection needs, taken from the settings."""
+
+    thing: str
+    host: str
+    port: int
+    ca: Path
+    cert: Path
+    key: Path
+    alpn: bool
+    keepalive: int
+    topic: str
+    status_topic: str
+    max_inflight: int
+    messages_per_second: float
+    bytes_per_second: float
+    reconnect_min: float
+    reconnect_max: float
+    connect_timeout: float
+    publish_timeout: float
+
+
+def tls_context(target: MqttTarget) -> ssl.SSLContext:
+    """Mutual TLS ≥ 1.2 with the server's hostname verified against ``ca``."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(target.ca))
+    except (OSError, ssl.SSLError) as err:
+        raise PublishError(f"mqtt.ca {target.ca}: cannot load CA certificates: {err}") from err
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(target.cert), str(target.key))
+    except FileNotFoundError as err:
+        raise PublishError(
+            f"mqtt.cert/mqtt.key: {err.filename} does not exist: give the device certificate "
+            "and its private key (from AWS IoT, or `wsn-gateway demo` makes test ones)"
+        ) from err
+    except PermissionError as err:
+        raise PublishError(
+            f"{err.filename}: permission denied: the service user must be able to read it"
+        ) from err
+    except ssl.SSLError as err:
+        raise PublishError(
+            f"mqtt.cert {target.cert} and mqtt.key {target.key} cannot be used together "
+            f"({err.reason or err}): check that the key belongs to the certificate"
+        ) from err
+    if target.alpn:
+        ctx.set_alpn_protocols([AWS_ALPN])
+    return ctx
+
+
+def explain_connect_error(err: BaseException, target: MqttTarget) -> str:
+    """Turn a failed connection into a sentence that says what to check."""
+    where = f"{target.host}:{target.port}"
+    cause: BaseException | None = err
+    text = str(err)
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"{where}: the broker's certificate does not verify against mqtt.ca "
+                f"({cause.verify_message}); check mqtt.ca and mqtt.endpoint"
+            )
+        if isinstance(cause, socket.gaierror):
+            return f"{where}: cannot resolve the endpoint name ({cause.strerror}); check mqtt.endpoint and DNS"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"{where}: connection refused: no broker listens there; check mqtt.endpoint and mqtt.port"
+        cause = cause.__cause__ or cause.__context__
+    lowered = text.lower()
+    tls_refusal = ("alert", "unknown ca", "bad certificate", "certificate required", "handshake")
+    if any(word in lowered for word in tls_refusal) or "eof" in lowered or "reset" in lowered:
+        return (
+            f"{where}: the broker refused our TLS client certificate {target.cert} ({text}); "
+            "check that it is registered and active and signed by a CA the broker trusts"
+        )
+    if "not authori" in lowered or "bad user" in lowered or "code:5" in lowered:
+        return f"{where}: the broker refused the connection as not authorised ({text}); check the policy attached to the certificate"
+    if "timed out" in lowered or isinstance(err, TimeoutError):
+        return f"{where}: no answer within {target.connect_timeout:g} s; check the network and mqtt.port"
+    return f"{where}: {text or type(err).__name__}"
+
+
+class Publisher:
+    """Owns the MQTT connection and drains the outbox through it."""
+
+    def __init__(
+        self,
+        target: MqttTarget,
+        *,
+        fetch: Callable[[int, int], Awaitable[list[OutboxEntry]]],
+        ack: Callable[[list[int]], Awaitable[int]],
+        counters: Counters,
+    ) -> None:
+        self.target = target
+        self._fetch = fetch
+        self._ack = ack
+        self.counters = counters
+        self.connected = asyncio.Event()
+        self.last_acked_seq: int | None = None
+        self.last_acked_time: float | None = None
+        self.last_error: str | None = None
+        self._wake = asyncio.Event()
+        self._acks: list[int] = []
+        self._ack_due = asyncio.Event()
+        self._in_flight: set[int] = set()
+        self._client: aiomqtt.Client | None = None
+        self._limiter = RateLimiter(target.messages_per_second, target.bytes_per_second)
+        self._ssl = tls_context(target)  # fails at start-up, not on the first connect
+
+    def wake(self) -> None:
+        """Tell the publisher that the outbox has new batches."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Batches sent and not yet acknowledged."""
+        return len(self._in_flight)
+
+    def _status_payload(self, state: str) -> bytes:
+        return json.dumps({"state": state, "thing": self.target.thing, "time": round(time.time(), 3)}).encode()
+
+    async def run(self) -> None:
+        """Connect, publish, reconnect with exponential backoff and jitter, forever."""
+        delay = self.target.reconnect_min
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except* (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as group:
+                err = group.exceptions[0]
+                message = explain_connect_error(err, self.target)
+                was_connected = self.connected.is_set()
+                self.connected.clear()
+                if was_connected:
+                    log.warning("connection lost", extra={"error": message})
+                else:
+                    self.counters.connect_failures += 1
+                    log.error("cannot connect to the broker", extra={"error": message})
+                self.last_error = message
+            finally:
+                self.connected.clear()
+                self._in_flight.clear()
+            await self._flush_acks()
+            if time.monotonic() - started > 2 * self.target.reconnect_max:
+                delay = self.target.reconnect_min  # the last session was long and healthy
+            # Full jitter (AWS architecture blog): spreads a fleet's reconnects.
+            sleep = random.uniform(self.target.reconnect_min, delay)
+            log.info("reconnecting", extra={"in_seconds": round(sleep, 2)})
+            await asyncio.sleep(sleep)
+            delay = min(self.target.reconnect_max, delay * 2)
+
+    async def _session(self) -> None:
+        t = self.target
+        will = aiomqtt.Will(t.status_topic, self._status_payload("offline"), qos=1, retain=True)
+        client = aiomqtt.Client(
+            t.host,
+            t.port,
+            identifier=t.thing,
+            keepalive=t.keepalive,
+            will=will,
+            clean_session=True,
+            tls_context=self._ssl,
+            timeout=t.connect_timeout,
+            max_inflight_messages=t.max_inflight,
+            max_queued_outgoing_messages=t.max_inflight,
+        )
+        async with client:
+            self._client = client
+            self.counters.connects += 1
+            self.connected.set()
+            self.last_error = None
+            log.info("connected", extra={"broker": f"{t.host}:{t.port}", "client_id": t.thing})
+            await client.publish(
+                t.status_topic, self._status_payload("online"), qos=1, retain=True,
+                timeout=t.publish_timeout,
+            )
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._watch(client))
+                    group.create_task(self._pump(client))
+                    group.create_task(self._ack_flusher())
+            finally:
+                self.connected.clear()
+                self._client = None
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Raises when the connection drops (aiomqtt ends message iteration then)."""
+        async for _ in client.messages:
+            pass
+        raise aiomqtt.MqttError("disconnected")
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        t = self.target
+        window = asyncio.Semaphore(t.max_inflight)
+        tasks: set[asyncio.Task[None]] = set()
+        last = 0
+        while True:
+            self._wake.clear()
+            entries = await self._fetch(last, t.max_inflight)
+            if not entries:
+                await self._wake.wait()
+                continue
+            for entry in entries:
+                await window.acquire()
+                await self._limiter.acquire(len(entry.payload))
+                task = asyncio.create_task(self._publish_one(client, entry, window))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                last = entry.seq
+            # Surface a failed publish (PUBACK timeout) to end the session.
+            for task in [t for t in tasks if t.done()]:
+                task.result()
+
+    async def _publish_one(
+        self, client: aiomqtt.Client, entry: OutboxEntry, window: asyncio.Semaphore
+    ) -> None:
+        self._in_flight.add(entry.seq)
+        try:
+            self.counters.batches_published += 1
+            self.counters.bytes_published += len(entry.payload)
+            await client.publish(
+                self.target.topic, entry.payload, qos=1, timeout=self.target.publish_timeout
+            )
+        except TimeoutError as err:
+            raise aiomqtt.MqttError(
+                f"no PUBACK for batch {entry.seq} within {self.target.publish_timeout:g} s"
+            ) from err
+        finally:
+            self._in_flight.discard(entry.seq)
+            window.release()
+        self._acks.append(entry.seq)
+        self.counters.batches_acked += 1
+        self.last_acked_seq = max(entry.seq, self.last_acked_seq or 0)
+        self.last_acked_time = time.time()
+        if len(self._acks) >= ACK_GROUP:
+            self._ack_due.set()
+
+    async def _ack_flusher(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._ack_due.wait(), ACK_FLUSH_SECONDS)
+            except TimeoutError:
+                pass
+            self._ack_due.clear()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        """Delete acknowledged batches from the outbox in one transaction."""
+        if not self._acks:
+            return
+        seqs, self._acks = self._acks, []
+        self.counters.readings_acked += await self._ack(seqs)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Record pending acknowledgements and, if connected, retain "offline" on the
+        status topic (a clean disconnect does not fire the last will)."""
+        await asyncio.wait_for(self._flush_acks(), timeout)
+        client = self._client
+        if client is not None and self.connected.is_set():
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await client.publish(
+                    self.target.status_topic, self._status_payload("offline"),
+                    qos=1, retain=True, timeout=timeout,
+                )

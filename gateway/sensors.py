@@ -1,0 +1,65 @@
+"""Turns a sensor's settings into a driver instance on its bus and worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+
+from drivers.base import Driver, DriverContext, load_driver
+from drivers.sim.bus import SimBus
+from gateway.buses import Buses
+from gateway.config import SensorSettings, Settings
+from gateway.readings import Reading
+from gateway.workers import Worker
+
+
+def simulation_seed(name: str) -> int:
+    """A stable seed per sensor name, so a simulated sensor behaves the same each run."""
+    return sum(name.encode()) * 7919
+
+
+def open_sensor(sensor: SensorSettings, buses: Buses) -> tuple[Driver, Worker]:
+    """The driver for ``sensor`` and the worker its blocking calls run on.
+
+    I2C sensors share their bus's worker; on the simulated bus the driver's own
+    simulator is attached at the sensor's address first.
+    """
+    cls = load_driver(sensor.driver)
+    if cls.bus_kind != "i2c":
+        return cls(DriverContext(sensor.name), sensor.options), Worker(f"sensor-{sensor.name}")
+    assert sensor.bus is not None, "config validation requires a bus for I2C sensors"
+    bus = buses.get(sensor.bus)
+    address = sensor.address if sensor.address is not None else cls.addresses[0]
+    if isinstance(bus.device, SimBus):
+        bus.device.attach(address, cls.simulator(address, simulation_seed(sensor.name)))
+    context = DriverContext(sensor.name, bus.device, address)
+    return cls(context, sensor.options), bus.worker
+
+
+def read_once(
+    settings: Settings, names: Sequence[str] | None = None
+) -> Iterator[tuple[str, list[Reading] | BaseException]]:
+    """Set up and read each selected sensor once (``wsn-gateway read``)."""
+    buses = Buses()
+    try:
+        for sensor in settings.sensors:
+            if names and sensor.name not in names:
+                continue
+            try:
+                driver, worker = open_sensor(sensor, buses)
+                measurements = asyncio.run(_setup_and_read(driver, worker, sensor.timeout))
+            except (OSError, TimeoutError, ValueError) as err:
+                yield sensor.name, err
+                continue
+            now = round(time.time(), 3)
+            yield sensor.name, [
+                Reading(sensor.name, m.quantity, m.unit, m.value, now) for m in measurements
+            ]
+    finally:
+        buses.close()
+
+
+async def _setup_and_read(driver: Driver, worker: Worker, timeout: float) -> list:  # type: ignore[type-arg]
+    await asyncio.wait_for(worker.run(driver.setup), timeout)
+    return await asyncio.wait_for(worker.run(driver.read), timeout)
