@@ -37,7 +37,7 @@ REG_CTRL_MEAS = 0xF4  # 5.4.5: osrs_t 7:5, osrs_p 4:2, mode 1:0
 REG_CONFIG = 0xF5  # 5.4.6: t_sb 7:5, filter 4:2, spi3w_en 0
 REG_DATA = 0xF7  # press_msb, press_lsb, press_xlsb, temp_*, hum_msb, hum_lsb (5.4.7-5.4.9)
 DATA_LENGTH_BME280 = 8  # 0xF7..0xFE: one burst read keeps the three values consistent (4.1)
-DATA_LENGTH_BMP280 = 6  # 0xF7..0xFC: the BMP280 has no humidity registers (DS001 Table 18)
+DATA_LENGTH_BMP280 = 6  # 0xF7..0xFC: the BMP280 has no humidity registers (DS001 4.2)
 
 CHIP_ID_BME280 = 0x60  # 5.4.1
 # BMP280 samples read 0x56 or 0x57, mass production 0x58 (DS001 4.3.1; Bosch BMP280_driver).
@@ -205,8 +205,8 @@ def compensate_humidity(cal: Calibration, adc_h: int, t_fine: int) -> float:
 def max_measurement_time(osrs_t: int, osrs_p: int, osrs_h: int) -> float:
     """Seconds one forced measurement can take: t_measure,max of 9.1.
 
-    Arguments are oversampling factors (0 = skipped). Pass osrs_h=0 for a BMP280;
-    its own datasheet's times (DS001 Table 13) follow the same formula.
+    Arguments are oversampling factors (0 = skipped). Pass osrs_h=0 for a BMP280:
+    the same formula then gives the BMP280's own figures (5.5 ms typical at x1/x1).
     """
     ms = 1.25
     if osrs_t:

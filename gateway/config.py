@@ -29,8 +29,8 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    SerializeAsAny,
     Field,
+    SerializeAsAny,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -53,6 +53,7 @@ __all__ = [
     "SigningSettings",
     "default_config_path",
     "load_settings",
+    "parse_size",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/wsn-gateway/gateway.yaml")
@@ -789,44 +790,76 @@ def _record(node: yaml.Node, path: Loc, doc: _Document, seen: set[int]) -> None:
             _record(item, (*path, index), doc, seen)
 
 
-def _parse(raw: bytes, name: str) -> _Document:
-    """YAML bytes to data and line map; syntax errors become ConfigError."""
+def _compose(loader: yaml.SafeLoader, name: str) -> _Document:
+    """Compose, record lines, construct; the top level must be a mapping."""
     doc = _Document()
-    loader = yaml.SafeLoader(raw)
+    node = loader.get_single_node()
+    if node is None:
+        raise ConfigError(
+            [f"{name}:1: the file is empty; it needs at least thing, mqtt and sensors"]
+        )
+    doc.lines[()] = node.start_mark.line + 1
+    if not isinstance(node, yaml.MappingNode):
+        kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
+        raise ConfigError(
+            [
+                f"{name}:{doc.lines[()]}: the top level must be a mapping of keys "
+                f"(thing:, mqtt:, sensors:, ...), not {kind}"
+            ]
+        )
+    _record(node, (), doc, set())
+    doc.data = loader.construct_document(node)
+    return doc
+
+
+def _syntax_problem(err: yaml.MarkedYAMLError, name: str) -> str:
+    """``FILE:LINE: YAML syntax error: ...`` from PyYAML's marks."""
+    mark = err.problem_mark or err.context_mark
+    line = mark.line + 1 if mark is not None else 1
+    text = err.problem or "invalid YAML"
+    if err.context and err.problem:
+        context = err.context
+        if err.context_mark is not None and err.context_mark.line + 1 != line:
+            context += f" (line {err.context_mark.line + 1})"
+        text = f"{context}: {text}"
+    elif err.context:
+        text = err.context
+    if mark is not None:
+        text += f" (column {mark.column + 1})"
+    if "'\\t'" in text:
+        text += "; indent with spaces, not tabs"
+    return f"{name}:{line}: YAML syntax error: {text}"
+
+
+def _reader_problem(err: yaml.reader.ReaderError, raw: bytes, name: str) -> str:
+    """``FILE:LINE: ...`` for bytes that are not text YAML accepts."""
+    if isinstance(err.character, bytes):
+        line = raw[: err.position].count(b"\n") + 1
+        what = f"byte 0x{err.character[0]:02x} is not valid {err.encoding} ({err.reason})"
+    else:
+        text = raw.decode("utf-8", errors="replace")
+        line = text[: err.position].count("\n") + 1
+        what = f"character U+{ord(err.character):04X} is not allowed in YAML"
+    return f"{name}:{line}: not a readable YAML text file: {what}"
+
+
+def _parse(raw: bytes, name: str) -> _Document:
+    """YAML bytes to data and line map; every YAML problem becomes a ConfigError."""
+    loader: yaml.SafeLoader | None = None
     try:
-        node = loader.get_single_node()
-        if node is None:
-            raise ConfigError(
-                [f"{name}:1: the file is empty; it needs at least thing, mqtt and sensors"]
-            )
-        doc.lines[()] = node.start_mark.line + 1
-        if not isinstance(node, yaml.MappingNode):
-            kind = (
-                "a list" if isinstance(node, yaml.SequenceNode) else f"a {node.tag.split(':')[-1]}"
-            )
-            raise ConfigError(
-                [
-                    f"{name}:{doc.lines[()]}: the top level must be a mapping of keys "
-                    f"(thing:, mqtt:, sensors:, ...), not {kind}"
-                ]
-            )
-        _record(node, (), doc, set())
-        doc.data = loader.construct_document(node)
+        loader = yaml.SafeLoader(raw)
+        return _compose(loader, name)
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        where = f" (column {mark.column + 1})" if mark is not None else ""
-        problem = err.problem or err.context or "invalid YAML"
-        if "'\\t'" in problem:
-            problem += "; indent with spaces, not tabs"
-        raise ConfigError([f"{name}:{line}: YAML syntax error: {problem}{where}"]) from err
-    except yaml.YAMLError as err:  # ReaderError: bytes that are not text
-        raise ConfigError([f"{name}: not a readable YAML text file: {err}"]) from err
+        raise ConfigError([_syntax_problem(err, name)]) from err
+    except yaml.reader.ReaderError as err:
+        raise ConfigError([_reader_problem(err, raw, name)]) from err
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{name}: not a readable YAML file: {err}"]) from err
     except RecursionError as err:
         raise ConfigError([f"{name}: the YAML nests too deeply"]) from err
     finally:
-        loader.dispose()
-    return doc
+        if loader is not None:
+            loader.dispose()
 
 
 # --------------------------------------------------------------------------- loading

@@ -178,7 +178,7 @@ class SimBME280:
             )
         else:
             regs[REG_CHIP_ID] = CHIP_ID_BMP280
-            regs[0xA1] = 0  # reserved on a BMP280 (DS001 Table 17)
+            regs[0xA1] = 0  # no dig_H1 on a BMP280: reserved (DS001 4.2)
             regs[REG_DATA : REG_DATA + 6] = bytes(encode_data(SKIPPED_20BIT, SKIPPED_20BIT, 0)[:6])
         self._osrs_h_latched = 0
         self._pending = None
@@ -210,7 +210,7 @@ class SimBME280:
             if value == RESET_COMMAND:  # other values are ignored (5.4.2)
                 self.reset()
         elif register == REG_CTRL_HUM:
-            if self.has_humidity:  # a BMP280 has no ctrl_hum (DS001 Table 18)
+            if self.has_humidity:  # a BMP280 has no ctrl_hum (DS001 4.2)
                 self._regs[REG_CTRL_HUM] = value & OSRS_MASK
         elif register == REG_CONFIG:
             self._regs[REG_CONFIG] = value & 0xFD  # bit 1 is reserved (5.4.6)

@@ -287,8 +287,8 @@ def test_measurement_time_formula() -> None:
     assert max_measurement_time(16, 16, 16) == pytest.approx(112.8e-3)
     assert max_measurement_time(2, 16, 1) == pytest.approx(46.1e-3)
     assert max_measurement_time(1, 0, 0) == pytest.approx(3.55e-3)  # skipped terms vanish
-    # Without humidity this is the BMP280's ultra-low-power row (DS001 Table 13):
-    # 5.5 ms typical, 6.4 ms maximum.
+    # Without humidity: the BMP280 at x1/x1, whose "ultra-low power" preset Bosch's
+    # BMP280_driver README quotes at 5.5 ms average measurement time.
     assert typical_measurement_time(1, 1, 0) == pytest.approx(5.5e-3)
     assert max_measurement_time(1, 1, 0) == pytest.approx(6.425e-3)
 

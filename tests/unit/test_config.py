@@ -148,7 +148,7 @@ def test_example_defaults_match_the_models() -> None:
     text = EXAMPLE.read_text()
     for model in (MqttSettings, BatchSettings, SigningSettings, LoggingSettings):
         for key, field in model.model_fields.items():
-            if field.is_required():
+            if field.is_required() or key == "key_file":  # key_file's default is derived
                 continue
             match = re.search(rf"^\s*# {key}: (.*)$", text, re.MULTILINE)
             assert match, key
@@ -413,7 +413,7 @@ def test_direct_construction_checks_too() -> None:
                 "sensors": [{"name": "x", "driver": "counter", "options": {"star": 1}}],
             }
         )
-    assert "options.star: unknown key 'star'" in str(caught.value)
+    assert "star: unknown key 'star' (accepted: start, quantity)" in str(caught.value)
     assert isinstance(
         SensorSettings(name="x", driver="counter", options=CounterOptions(start=3)).options,
         CounterOptions,
