@@ -263,7 +263,7 @@ class BME280(Driver):
     options_model: ClassVar[type[DriverOptions]] = BME280Options
     bus_kind: ClassVar[str] = "i2c"
     addresses: ClassVar[tuple[int, ...]] = (0x76, 0x77)  # SDO to GND / to VDDIO (6.2)
-    # Operating range (1, Table 1); readings outside it are not physical.
+    # Operating range (section 1, Table 1); readings outside it are not physical.
     ranges: ClassVar[dict[str, tuple[float, float]]] = {
         "temperature": (-40.0, 85.0),
         "pressure": (30000.0, 110000.0),

@@ -7,13 +7,12 @@ always with a message that says what to do.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
 import time
-from dataclasses import asdict
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from gateway import __version__
@@ -52,12 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="verify payloads: signatures and chain")
     _config_arg(p)
     p.add_argument(
-        "--key", action="append", type=Path, default=[],
+        "--key",
+        action="append",
+        type=Path,
+        default=[],
         help="PEM public key, private key or certificate (repeatable); "
         "default: the signing key of the configuration, if readable",
     )
     p.add_argument(
-        "source", nargs="?", type=Path, default=None,
+        "source",
+        nargs="?",
+        type=Path,
+        default=None,
         help="file with one payload per line, or a directory of payload files (default: stdin)",
     )
     p = sub.add_parser("buffer", help="inspect the durable buffer")
@@ -67,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("demo", help="the whole system on this machine: no hardware, no AWS")
     p.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
-    p.add_argument("--config", type=Path, default=None, help="demo configuration (default: config/demo.yaml)")
-    p.add_argument("--workdir", type=Path, default=None, help="keep certificates, state and payloads here")
+    p.add_argument(
+        "--config", type=Path, default=None, help="demo configuration (default: config/demo.yaml)"
+    )
+    p.add_argument(
+        "--workdir", type=Path, default=None, help="keep certificates, state and payloads here"
+    )
     return parser
 
 
@@ -116,13 +125,17 @@ def cmd_read(args: argparse.Namespace) -> int:
             print(f"{name}: read failed: {result}", file=sys.stderr)
             continue
         for reading in result:
-            print(json.dumps({
-                "sensor": reading.sensor,
-                "quantity": reading.quantity,
-                "unit": reading.unit,
-                "value": reading.value,
-                "time": reading.time,
-            }))
+            print(
+                json.dumps(
+                    {
+                        "sensor": reading.sensor,
+                        "quantity": reading.quantity,
+                        "unit": reading.unit,
+                        "value": reading.value,
+                        "time": reading.time,
+                    }
+                )
+            )
     return EXIT_FAILURE if failures else EXIT_OK
 
 
@@ -135,8 +148,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         key_paths = _configured_public_keys(args.config)
     keys = verify.load_verification_keys(key_paths) if key_paths else None
     if keys is None:
-        print("no key given (--key): checking canonical form and chain, not signatures",
-              file=sys.stderr)
+        print(
+            "no key given (--key): checking canonical form and chain, not signatures",
+            file=sys.stderr,
+        )
     if args.source is None:
         payloads = [line.rstrip(b"\r\n") for line in sys.stdin.buffer if line.strip()]
     else:
@@ -154,7 +169,9 @@ def _configured_public_keys(config: Path | None) -> list[Path]:
         settings = _load(config)
     except ConfigError:
         return []
-    path = settings.mqtt.cert if settings.signing.key == "certificate" else settings.signing_key_path
+    path = (
+        settings.mqtt.cert if settings.signing.key == "certificate" else settings.signing_key_path
+    )
     return [path] if path.is_file() else []
 
 
@@ -164,8 +181,10 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     if not settings.buffer_path.exists():
-        print(f"{settings.buffer_path}: no buffer yet (the daemon creates it on first start)",
-              file=sys.stderr)
+        print(
+            f"{settings.buffer_path}: no buffer yet (the daemon creates it on first start)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     buffer = Buffer(settings.buffer_path, max_bytes=settings.buffer.max_bytes)
     try:
@@ -181,11 +200,17 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
     print(f"buffer        {stats.path}")
     print(f"stream        {stats.stream}  (last sealed seq {stats.last_seq})")
     print(f"readings      {stats.readings:,}  (oldest {age})")
-    print(f"outbox        {stats.outbox_batches:,} batches, {stats.outbox_readings:,} readings, "
-          f"{stats.outbox_bytes:,} bytes awaiting PUBACK")
-    print(f"size          {stats.size_bytes:,} of {stats.max_bytes:,} bytes "
-          f"({100 * stats.size_bytes / stats.max_bytes:.1f} %), file {stats.file_bytes:,} bytes")
-    print(f"dropped       {stats.dropped_total:,} in all, {stats.dropped_pending:,} not yet reported")
+    print(
+        f"outbox        {stats.outbox_batches:,} batches, {stats.outbox_readings:,} readings, "
+        f"{stats.outbox_bytes:,} bytes awaiting PUBACK"
+    )
+    print(
+        f"size          {stats.size_bytes:,} of {stats.max_bytes:,} bytes "
+        f"({100 * stats.size_bytes / stats.max_bytes:.1f} %), file {stats.file_bytes:,} bytes"
+    )
+    print(
+        f"dropped       {stats.dropped_total:,} in all, {stats.dropped_pending:,} not yet reported"
+    )
     return EXIT_OK
 
 

@@ -113,8 +113,8 @@ def _show(value: object) -> str:  # noqa: PLR0911 - one return per kind of value
     """A short rendering of a configured value for an error message."""
     if value is None:
         return "nothing"
-    if isinstance(value, bool):
-        return "true" if value else "false"
+    if isinstance(value, bool | _YamlBool):
+        return str(value).lower()
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if isinstance(value, int | float):
@@ -188,6 +188,32 @@ def parse_size(value: object) -> int:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_bools_as_numbers(cls, data: object) -> object:
+        """``port: yes`` is YAML for True, which pydantic would take as 1: make it fail."""
+        if not isinstance(data, Mapping):
+            return data
+        changed = dict(data)
+        for key, value in data.items():
+            field = cls.model_fields.get(key) if isinstance(key, str) else None
+            if (
+                isinstance(value, bool)
+                and field is not None
+                and _unwrap(field.annotation) in (int, float)
+            ):
+                changed[key] = _YamlBool(value)
+        return changed
+
+
+class _YamlBool(str):
+    """A YAML boolean where a number belongs: fails number parsing, shown as true/false."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: bool) -> _YamlBool:
+        return super().__new__(cls, "true" if value else "false")
 
 
 def _none_to_empty(value: object) -> object:
@@ -504,6 +530,7 @@ class Settings(_Model):
     signing: Annotated[SigningSettings, BeforeValidator(_none_to_empty)] = SigningSettings()
     logging: Annotated[LoggingSettings, BeforeValidator(_none_to_empty)] = LoggingSettings()
     sensors: list[SensorSettings] = Field(min_length=1)
+    clock: Annotated[Literal["kernel", "assume-synced"], BeforeValidator(_lower)] = "kernel"
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("thing")
@@ -790,6 +817,28 @@ def _record(node: yaml.Node, path: Loc, doc: _Document, seen: set[int]) -> None:
             _record(item, (*path, index), doc, seen)
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps mapping keys as written: ``yes:`` or ``1:`` stay text.
+
+    Every key in the schema is a name, so a key YAML 1.1 would turn into a bool or a
+    number is still reported as the unknown key the user wrote.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    "found a key that is not a plain name",
+                    key_node.start_mark,
+                )
+            mapping[key_node.value] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+
 def _compose(loader: yaml.SafeLoader, name: str) -> _Document:
     """Compose, record lines, construct; the top level must be a mapping."""
     doc = _Document()
@@ -833,13 +882,13 @@ def _syntax_problem(err: yaml.MarkedYAMLError, name: str) -> str:
 
 def _reader_problem(err: yaml.reader.ReaderError, raw: bytes, name: str) -> str:
     """``FILE:LINE: ...`` for bytes that are not text YAML accepts."""
-    if isinstance(err.character, bytes):
+    code = err.character if isinstance(err.character, int) else ord(err.character[:1] or "?")
+    if err.encoding == "unicode":  # decoded, but a control character YAML forbids
+        line = raw.decode("utf-8", errors="replace")[: err.position].count("\n") + 1
+        what = f"character U+{code:04X} is not allowed in YAML"
+    else:  # not decodable
         line = raw[: err.position].count(b"\n") + 1
-        what = f"byte 0x{err.character[0]:02x} is not valid {err.encoding} ({err.reason})"
-    else:
-        text = raw.decode("utf-8", errors="replace")
-        line = text[: err.position].count("\n") + 1
-        what = f"character U+{ord(err.character):04X} is not allowed in YAML"
+        what = f"byte 0x{code:02x} is not valid {err.encoding} ({err.reason})"
     return f"{name}:{line}: not a readable YAML text file: {what}"
 
 
@@ -847,7 +896,7 @@ def _parse(raw: bytes, name: str) -> _Document:
     """YAML bytes to data and line map; every YAML problem becomes a ConfigError."""
     loader: yaml.SafeLoader | None = None
     try:
-        loader = yaml.SafeLoader(raw)
+        loader = _Loader(raw)
         return _compose(loader, name)
     except yaml.MarkedYAMLError as err:
         raise ConfigError([_syntax_problem(err, name)]) from err
@@ -927,9 +976,8 @@ def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> Set
             note = " (set by an override)" if any(loc[: len(c)] == c for c in changed) else ""
             text = f"{_format_loc(loc)}: {message}" if loc else message
             problems.append((doc.line_of(loc), text + note))
-        settings = None
-    if problems:
-        problems.sort(key=lambda item: item[0])
-        raise ConfigError([f"{name}:{line}: {text}" for line, text in problems])
-    assert settings is not None
-    return settings
+    else:
+        if not problems:
+            return settings
+    problems.sort(key=lambda item: item[0])  # stable: same-line problems keep their order
+    raise ConfigError([f"{name}:{line}: {text}" for line, text in problems])

@@ -14,7 +14,9 @@ import logging
 import signal
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.buffer import Buffer, Buffered
 from gateway.buses import Buses
@@ -57,7 +59,7 @@ def mqtt_target(settings: Settings) -> MqttTarget:
         ca=m.ca,
         cert=m.cert,
         key=m.key,
-        alpn=m.port == 443 if m.alpn is None else m.alpn,
+        alpn=m.alpn_enabled,
         keepalive=m.keepalive,
         topic=settings.telemetry_topic,
         status_topic=settings.status_topic,
@@ -97,8 +99,15 @@ class _Age:
 class Daemon:
     """The running gateway: one instance per process."""
 
-    def __init__(self, settings: Settings, *, counters: Counters | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        counters: Counters | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
         self.settings = settings
+        self._overrides = overrides
         self.counters = counters or Counters()
         self.pollers: list[Poller] = []
         self.publisher: Publisher | None = None
@@ -141,7 +150,7 @@ class Daemon:
                 self._reload.clear()
                 try:
                     assert self.settings.source is not None
-                    self.settings = load_settings(self.settings.source)
+                    self.settings = load_settings(self.settings.source, self._overrides)
                     log.info("configuration reloaded", extra={"path": str(self.settings.source)})
                 except ConfigError as err:
                     log.error(
@@ -155,12 +164,13 @@ class Daemon:
         s = self.settings
         signer = make_signer(s)
         self._sealer = Sealer(
-            thing=s.thing, signer=signer, max_bytes=s.batch.max_bytes, max_records=s.batch.max_records
+            thing=s.thing,
+            signer=signer,
+            max_bytes=s.batch.max_bytes,
+            max_records=s.batch.max_records,
         )
         target = mqtt_target(s)
-        self.buffer = await self._worker.run(
-            Buffer, s.buffer_path, max_bytes=s.buffer.max_bytes
-        )
+        self.buffer = await self._worker.run(Buffer, s.buffer_path, max_bytes=s.buffer.max_bytes)
         buffer = self.buffer
         backlog = buffer.count
         if backlog:
@@ -191,9 +201,7 @@ class Daemon:
         stop = asyncio.create_task(self._stop.wait())
         reload = asyncio.create_task(self._reload.wait())
         try:
-            done, _ = await asyncio.wait(
-                [stop, reload, *core], return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait([stop, reload, *core], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task in core:
                     task.result()  # a core part failing is a bug: let it surface
@@ -370,9 +378,7 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     results = await asyncio.gather(*tasks, return_exceptions=True)
     for task, result in zip(tasks, results, strict=True):
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            log.error(
-                "task failed", extra={"task": task.get_name(), "error": repr(result)}
-            )
+            log.error("task failed", extra={"task": task.get_name(), "error": repr(result)})
 
 
 def run_daemon(settings: Settings) -> int:

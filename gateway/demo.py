@@ -25,6 +25,7 @@ from gateway import verify
 from gateway.config import Settings, load_settings
 from gateway.daemon import Daemon
 from gateway.demo_broker import DemoBroker
+from gateway.logs import setup_logging
 from gateway.metrics import Counters
 from gateway.pki import PkiFiles, write_pki
 from gateway.uplink import Uplink
@@ -59,6 +60,12 @@ class Consumer:
         self.payloads: list[bytes] = []
         self.out = out
         self.subscribed = asyncio.Event()
+        self._arrived = asyncio.Condition()
+
+    async def received(self, count: int) -> None:
+        """Wait until at least ``count`` payloads have arrived."""
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: len(self.payloads) >= count)
 
     async def run(self) -> None:
         """Receive until cancelled."""
@@ -74,6 +81,8 @@ class Consumer:
                     self.payloads.append(bytes(payload))
                     fh.write(bytes(payload) + b"\n")
                     fh.flush()
+                    async with self._arrived:
+                        self._arrived.notify_all()
 
 
 def _progress(c: Counters, buffered: int, received: int, connected: bool, elapsed: float) -> str:
@@ -95,48 +104,92 @@ async def _demo(duration: float, config: Path, workdir: Path) -> int:
     consumer_task = asyncio.create_task(consumer.run())
     await asyncio.wait_for(consumer.subscribed.wait(), 10)
 
-    settings: Settings = load_settings(
-        config,
-        overrides={
-            "state_dir": str(workdir / "state"),
-            "mqtt": {
-                "endpoint": "localhost",
-                "port": uplink.port,
-                "ca": str(pki.ca_cert),
-                "cert": str(pki.client_cert),
-                "key": str(pki.client_key),
-                "reconnect_min": 0.5,
-                "reconnect_max": 2.0,
-            },
+    overrides = {
+        "state_dir": str(workdir / "state"),
+        "mqtt": {
+            "endpoint": "localhost",
+            "port": uplink.port,
+            "ca": str(pki.ca_cert),
+            "cert": str(pki.client_cert),
+            "key": str(pki.client_key),
+            "reconnect_min": 0.5,
+            "reconnect_max": 2.0,
         },
-    )
-    daemon = Daemon(settings)
+    }
+    settings: Settings = load_settings(config, overrides)
+    setup_logging(settings.logging.level, stream=(workdir / "gateway.log").open("a"))
+    daemon = Daemon(settings, overrides=overrides)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    print(f"demo: broker with mutual TLS on 127.0.0.1:{broker.port}, gateway '{settings.thing}' "
-          f"with {len(settings.sensors)} simulated sensors, state in {workdir}")
+    print(
+        f"demo: broker with mutual TLS on 127.0.0.1:{broker.port}, gateway '{settings.thing}' "
+        f"with {len(settings.sensors)} simulated sensors, state in {workdir}"
+    )
     outage = (duration * 0.35, duration * 0.6) if duration >= 15 else None
     if outage:
-        print(f"demo: the uplink will be cut from {outage[0]:.0f}s to {outage[1]:.0f}s; "
-              "readings keep being taken and wait in the buffer")
+        print(
+            f"demo: the uplink will be cut from {outage[0]:.0f}s to {outage[1]:.0f}s; "
+            "readings keep being taken and wait in the buffer"
+        )
     daemon_task = asyncio.create_task(daemon.run(handle_signals=False))
+    await _watch(
+        daemon=daemon,
+        daemon_task=daemon_task,
+        uplink=uplink,
+        consumer=consumer,
+        stop=stop,
+        duration=duration,
+        outage=outage,
+    )
+    uplink.restore()
+    print("demo: stopping the gateway (it seals and publishes what is buffered)")
+    daemon.request_stop()
+    await daemon_task
+    # Give the consumer a moment to receive the last acknowledged batches.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(consumer.received(daemon.counters.batches_acked), 5)
+    consumer_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        await consumer_task
+    await uplink.stop()
+    await broker.stop()
+    return _summary(settings, daemon.counters, consumer.payloads)
+
+
+async def _watch(
+    *,
+    daemon: Daemon,
+    daemon_task: asyncio.Task[None],
+    uplink: Uplink,
+    consumer: Consumer,
+    stop: asyncio.Event,
+    duration: float,
+    outage: tuple[float, float] | None,
+) -> None:
+    """Show progress until the duration is up, cutting the uplink during the outage."""
     started = time.monotonic()
     tty = sys.stdout.isatty()
-    last_line = 0.0
+    end = "\n" if tty else ""
+    last_line = -5.0
     while not stop.is_set() and (elapsed := time.monotonic() - started) < duration:
         if daemon_task.done():
-            break
+            return
         if outage and uplink.up and outage[0] <= elapsed < outage[1]:
             uplink.cut()
-            print(("\n" if tty else "") + f"demo: {elapsed:.0f}s uplink cut")
+            print(f"{end}demo: {elapsed:.0f}s uplink cut")
         elif outage and not uplink.up and elapsed >= outage[1]:
             uplink.restore()
-            print(("\n" if tty else "") + f"demo: {elapsed:.0f}s uplink restored; the backlog drains")
-        line = _progress(daemon.counters, daemon.buffer.count if daemon.buffer else 0,
-                         len(consumer.payloads), bool(daemon.publisher and daemon.publisher.connected.is_set()),
-                         elapsed)
+            print(f"{end}demo: {elapsed:.0f}s uplink restored; the backlog drains")
+        publisher = daemon.publisher
+        line = _progress(
+            daemon.counters,
+            daemon.buffer.count if daemon.buffer else 0,
+            len(consumer.payloads),
+            bool(publisher and publisher.connected.is_set()),
+            elapsed,
+        )
         if tty:
             print("\r" + line, end="", flush=True)
         elif elapsed - last_line >= 5:
@@ -144,20 +197,7 @@ async def _demo(duration: float, config: Path, workdir: Path) -> int:
             last_line = elapsed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
-    uplink.restore()
-    print(("\n" if tty else "") + "demo: stopping the gateway (it seals and publishes what is buffered)")
-    daemon.request_stop()
-    await daemon_task
-    # Give the consumer a moment to receive the last acknowledged batches.
-    deadline = time.monotonic() + 5
-    while len(consumer.payloads) < daemon.counters.batches_acked and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    consumer_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-        await consumer_task
-    await uplink.stop()
-    await broker.stop()
-    return _summary(settings, daemon.counters, consumer.payloads)
+    print(end, end="")
 
 
 def _summary(settings: Settings, c: Counters, payloads: list[bytes]) -> int:

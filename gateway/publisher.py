@@ -89,7 +89,7 @@ def tls_context(target: MqttTarget) -> ssl.SSLContext:
     return ctx
 
 
-def explain_connect_error(err: BaseException, target: MqttTarget) -> str:
+def explain_connect_error(err: BaseException, target: MqttTarget) -> str:  # noqa: PLR0911
     """Turn a failed connection into a sentence that says what to check."""
     where = f"{target.host}:{target.port}"
     cause: BaseException | None = err
@@ -101,9 +101,15 @@ def explain_connect_error(err: BaseException, target: MqttTarget) -> str:
                 f"({cause.verify_message}); check mqtt.ca and mqtt.endpoint"
             )
         if isinstance(cause, socket.gaierror):
-            return f"{where}: cannot resolve the endpoint name ({cause.strerror}); check mqtt.endpoint and DNS"
+            return (
+                f"{where}: cannot resolve the endpoint name ({cause.strerror}); "
+                "check mqtt.endpoint and DNS"
+            )
         if isinstance(cause, ConnectionRefusedError):
-            return f"{where}: connection refused: no broker listens there; check mqtt.endpoint and mqtt.port"
+            return (
+                f"{where}: connection refused: no broker listens there; "
+                "check mqtt.endpoint and mqtt.port"
+            )
         cause = cause.__cause__ or cause.__context__
     lowered = text.lower()
     tls_refusal = ("alert", "unknown ca", "bad certificate", "certificate required", "handshake")
@@ -113,10 +119,48 @@ def explain_connect_error(err: BaseException, target: MqttTarget) -> str:
             "check that it is registered and active and signed by a CA the broker trusts"
         )
     if "not authori" in lowered or "bad user" in lowered or "code:5" in lowered:
-        return f"{where}: the broker refused the connection as not authorised ({text}); check the policy attached to the certificate"
+        return (
+            f"{where}: the broker refused the connection as not authorised ({text}); "
+            "check the policy attached to the certificate"
+        )
     if "timed out" in lowered or isinstance(err, TimeoutError):
-        return f"{where}: no answer within {target.connect_timeout:g} s; check the network and mqtt.port"
+        return (
+            f"{where}: no answer within {target.connect_timeout:g} s; "
+            "check the network and mqtt.port"
+        )
     return f"{where}: {text or type(err).__name__}"
+
+
+async def probe_tls(
+    target: MqttTarget, context: ssl.SSLContext, timeout: float = 5.0
+) -> str | None:
+    """Find why a connection failed at the TLS layer, where MQTT clients only see a
+    timeout: under TLS 1.3 a broker refuses a client certificate *after* the
+    handshake, with an alert that arrives on the first read. Returns an
+    explanation, or None when TLS works and the problem lies elsewhere."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                target.host, target.port, ssl=context, server_hostname=target.host
+            ),
+            timeout,
+        )
+    except (OSError, TimeoutError) as err:
+        return explain_connect_error(err, target)
+    try:
+        # Nothing arrives before CONNECT unless the broker is refusing us.
+        data = await asyncio.wait_for(reader.read(1), 1.0)
+    except TimeoutError:
+        return None
+    except (OSError, ssl.SSLError) as err:
+        return explain_connect_error(err, target)
+    finally:
+        writer.close()
+    if not data:
+        return explain_connect_error(
+            ConnectionResetError("connection closed by the broker during TLS"), target
+        )
+    return None
 
 
 class Publisher:
@@ -156,7 +200,9 @@ class Publisher:
         return len(self._in_flight)
 
     def _status_payload(self, state: str) -> bytes:
-        return json.dumps({"state": state, "thing": self.target.thing, "time": round(time.time(), 3)}).encode()
+        return json.dumps(
+            {"state": state, "thing": self.target.thing, "time": round(time.time(), 3)}
+        ).encode()
 
     async def run(self) -> None:
         """Connect, publish, reconnect with exponential backoff and jitter, forever."""
@@ -174,6 +220,8 @@ class Publisher:
                     log.warning("connection lost", extra={"error": message})
                 else:
                     self.counters.connect_failures += 1
+                    if "timed out" in message or "Operation timed out" in str(err):
+                        message = await probe_tls(self.target, self._ssl) or message
                     log.error("cannot connect to the broker", extra={"error": message})
                 self.last_error = message
             finally:
@@ -210,7 +258,10 @@ class Publisher:
             self.last_error = None
             log.info("connected", extra={"broker": f"{t.host}:{t.port}", "client_id": t.thing})
             await client.publish(
-                t.status_topic, self._status_payload("online"), qos=1, retain=True,
+                t.status_topic,
+                self._status_payload("online"),
+                qos=1,
+                retain=True,
                 timeout=t.publish_timeout,
             )
             try:
@@ -276,10 +327,8 @@ class Publisher:
 
     async def _ack_flusher(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ack_due.wait(), ACK_FLUSH_SECONDS)
-            except TimeoutError:
-                pass
             self._ack_due.clear()
             await self._flush_acks()
 
@@ -298,6 +347,9 @@ class Publisher:
         if client is not None and self.connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 await client.publish(
-                    self.target.status_topic, self._status_payload("offline"),
-                    qos=1, retain=True, timeout=timeout,
+                    self.target.status_topic,
+                    self._status_payload("offline"),
+                    qos=1,
+                    retain=True,
+                    timeout=timeout,
                 )

@@ -53,9 +53,10 @@ def read_once(
                 yield sensor.name, err
                 continue
             now = round(time.time(), 3)
-            yield sensor.name, [
-                Reading(sensor.name, m.quantity, m.unit, m.value, now) for m in measurements
-            ]
+            yield (
+                sensor.name,
+                [Reading(sensor.name, m.quantity, m.unit, m.value, now) for m in measurements],
+            )
     finally:
         buses.close()
 

@@ -219,7 +219,9 @@ def _keys_from_pem(path: Path, data: bytes) -> dict[str, PublicKey]:
                 cert = x509.load_pem_x509_certificate(pem)
                 key = _usable(cert.public_key())
                 if key is None:
-                    problems.append(f"certificate has an unsupported key ({_describe(cert)})")
+                    problems.append(
+                        f"certificate has an unsupported {_key_kind(cert.public_key())} key"
+                    )
                     continue
                 found[kid_for_certificate(cert)] = key
                 found[kid_for_public_key(key)] = key
@@ -256,10 +258,6 @@ def _usable(key: object) -> PublicKey | None:
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return key
     return None
-
-
-def _describe(cert: x509.Certificate) -> str:
-    return type(cert.public_key()).__name__
 
 
 # -- one batch ----------------------------------------------------------------
@@ -599,7 +597,7 @@ def _key_kind(key: object) -> str:
         return f"EC {key.curve.name}"
     if isinstance(key, rsa.RSAPublicKey):
         return f"RSA-{key.key_size}"
-    return type(key).__name__
+    return type(key).__name__.removesuffix("PublicKey").lstrip("_")
 
 
 # -- a stream -----------------------------------------------------------------

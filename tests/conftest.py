@@ -6,7 +6,13 @@
   starts one with options (message size limit, ACL, ...).
 - ``collector``: a factory of persistent-session QoS 1 subscribers that record what
   the broker delivers and reconnect by themselves after a broker restart.
-- ``tls_context``: a factory of client TLS contexts for hand-made MQTT clients.
+- ``tls_context``: a factory of client TLS contexts ("good", "none", "rogue").
+- ``publish``: QoS 1 publishes with paho, returning the PUBACK reason codes.
+- ``mqtt_connect``: TLS handshake + MQTT CONNECT probe -> "connected" or why not.
+
+The paho-based helpers block the calling thread while they wait. That is fine beside
+Mosquitto (another process), but a broker running in the test's own event loop
+(``DemoBroker``) needs asyncio clients, or the helpers run via ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -96,18 +102,23 @@ def client_tls_context(
 
 @pytest.fixture
 def tls_context(pki: PkiBundle) -> Callable[..., ssl.SSLContext]:
-    """Factory: ``tls_context("good" | "none" | "rogue", maximum_version=None)``.
+    """Factory: ``tls_context("good" | "none" | "rogue", cert=, key=, maximum_version=)``.
 
     "good" presents the test client certificate, "none" no certificate, "rogue" a
-    certificate from an unrelated CA; all of them verify the broker with the test CA.
+    certificate from an unrelated CA; ``cert``/``key`` present those files instead.
+    All of them verify the broker with the test CA.
     """
 
     def make(
         identity: Literal["good", "none", "rogue"] = "good",
         *,
+        cert: Path | None = None,
+        key: Path | None = None,
         maximum_version: ssl.TLSVersion | None = None,
     ) -> ssl.SSLContext:
         ca = pki.files.ca_cert
+        if cert is not None:
+            return client_tls_context(ca, cert, key, maximum_version=maximum_version)
         if identity == "good":
             return client_tls_context(
                 ca, pki.files.client_cert, pki.files.client_key, maximum_version=maximum_version
@@ -178,6 +189,8 @@ class Mosquitto:
         self.persistence_dir = directory / "data"
         self.process: subprocess.Popen[bytes] | None = None
         self._started_once = False
+        self._log_mark = 0
+        self._output_mark = 0
 
     def config_text(self) -> str:
         lines = [
@@ -197,8 +210,10 @@ class Mosquitto:
             "log_timestamp true",
             f"max_inflight_messages {self.max_inflight_messages}",
             f"max_queued_messages {self.max_queued_messages}",
-            f"message_size_limit {self.message_size_limit}",
         ]
+        if self.message_size_limit:
+            # Largest accepted PUBLISH payload in bytes; Mosquitto drops a larger one.
+            lines.append(f"message_size_limit {self.message_size_limit}")
         if self.autosave_interval is not None:
             lines.append(f"autosave_interval {self.autosave_interval}")
         if self.acl_text is not None:
@@ -227,9 +242,8 @@ class Mosquitto:
             try:
                 self._start(timeout)
             except RuntimeError:
-                if self._started_once or "Address already in use" not in (
-                    self.log_text() + self.output_text()
-                ):
+                fresh = self.output_text()[self._output_mark :] + self.log_text()[self._log_mark :]
+                if self._started_once or "Address already in use" not in fresh:
                     raise
                 self.port = free_port(self.host)
             else:
@@ -242,6 +256,9 @@ class Mosquitto:
             raise RuntimeError("mosquitto is already running")
         self.persistence_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text())
+        # The log is appended to across restarts: readiness is judged on what follows.
+        self._log_mark = len(self.log_text())
+        self._output_mark = len(self.output_text())
         with self.output_path.open("ab") as output:
             self.process = subprocess.Popen(
                 [str(MOSQUITTO), "-c", str(self.config_path)],
@@ -252,15 +269,24 @@ class Mosquitto:
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until the listener accepts TCP connections (fails if Mosquitto exits)."""
+        """Wait until this Mosquitto runs and its listener accepts TCP connections.
+
+        Fails at once if the process exits (a bad config, a port already taken).
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
+            if self.process is None or self.process.poll() is not None:
+                status = None if self.process is None else self.process.returncode
                 raise RuntimeError(
-                    f"mosquitto exited with status {self.process.returncode}:\n"
-                    f"{self.output_text()}\n{self.log_text()}"
+                    f"mosquitto exited with status {status}:\n"
+                    f"{self.output_text()[self._output_mark :]}\n"
+                    f"{self.log_text()[self._log_mark :]}"
                 )
-            if port_accepts(self.host, self.port):
+            # "running" is logged once the listeners are open; checking it too means
+            # another program that happens to hold the port cannot pass for Mosquitto.
+            if " running" in self.log_text()[self._log_mark :] and port_accepts(
+                self.host, self.port
+            ):
                 return
             time.sleep(0.02)
         raise TimeoutError(
@@ -641,13 +667,21 @@ def publish(tls_context: Callable[..., ssl.SSLContext]) -> Callable[..., list[in
 
 @pytest.fixture
 def mqtt_connect(tls_context: Callable[..., ssl.SSLContext]) -> Callable[..., str]:
-    """``mqtt_connect(broker, identity="good", maximum_version=None)`` -> "connected" or why not."""
+    """``mqtt_connect(broker, identity="good", maximum_version=None, context=None)``.
+
+    Returns "connected" or why not; ``context`` overrides the identity's TLS context.
+    """
 
     def run(
-        broker: Any, identity: str = "good", *, maximum_version: ssl.TLSVersion | None = None
+        broker: Any,
+        identity: str = "good",
+        *,
+        maximum_version: ssl.TLSVersion | None = None,
+        context: ssl.SSLContext | None = None,
     ) -> str:
         host = getattr(broker, "host", LOCALHOST)
-        context = tls_context(identity, maximum_version=maximum_version)
+        if context is None:
+            context = tls_context(identity, maximum_version=maximum_version)
         return try_mqtt_connect(host, broker.port, context)
 
     return run

@@ -6,6 +6,10 @@ import ssl
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.pki import issue_certificate, write_cert, write_key
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +100,13 @@ def test_message_size_limit(mosquitto_factory, collector, publish):
     received.wait_for_count(1)
     assert received.payloads() == [b"y" * 1000]
     assert "Dropped too large PUBLISH" in broker.log_text()
+
+
+def test_rsa_client_certificate_is_accepted(mosquitto, pki, tmp_path, tls_context, mqtt_connect):
+    ca_key = serialization.load_pem_private_key(pki.files.ca_key.read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(pki.files.ca_cert.read_bytes())
+    key, cert = issue_certificate(ca_key, ca_cert, "rsa-gw", server=False, key_type="rsa")
+    write_key(tmp_path / "rsa.key", key)
+    write_cert(tmp_path / "rsa.crt", cert)
+    context = tls_context(cert=tmp_path / "rsa.crt", key=tmp_path / "rsa.key")
+    assert mqtt_connect(mosquitto, context=context) == "connected"

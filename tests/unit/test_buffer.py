@@ -119,7 +119,7 @@ def test_dropped_count_goes_into_the_next_batch_once(tmp_path: Path) -> None:
 def test_size_accounting_matches_a_fresh_scan(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite3"
     buf = Buffer(path, max_bytes=1 << 20)
-    buf.add(_readings(50) + [Reading("s", "label", None, "abcdef", T0)])
+    buf.add([*_readings(50), Reading("s", "label", None, "abcdef", T0)])
     _seal(buf, _sealer(max_bytes=1200))
     size = buf.size
     buf.close()

@@ -7,7 +7,6 @@ text is a substring that must appear in the ConfigError (line number included), 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -208,9 +207,7 @@ def test_demo_overrides(tmp_path: Path) -> None:
 
 def test_overrides_deep_merge(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
-    settings = load_settings(
-        path, overrides={"mqtt": {"keepalive": 300}, "batch": {"max_age": 5}}
-    )
+    settings = load_settings(path, overrides={"mqtt": {"keepalive": 300}, "batch": {"max_age": 5}})
     assert settings.mqtt.keepalive == 300
     assert settings.mqtt.endpoint == "abc123-ats.iot.eu-west-1.amazonaws.com"
     assert settings.batch.max_age == 5
@@ -275,6 +272,7 @@ def test_defaults_and_helpers(tmp_path: Path) -> None:
     assert settings.buffer.max_bytes == 256 * 1024 * 1024
     assert settings.logging.level == "info"
     assert settings.signing.key == "ed25519"
+    assert settings.clock == "kernel"
     sensor = settings.sensors[0]
     assert (sensor.interval, sensor.timeout, sensor.retries) == (10.0, 5.0, 2)
     assert (sensor.bus, sensor.address) == (None, None)
@@ -304,10 +302,10 @@ def test_topic_limits_count_the_thing_name(tmp_path: Path) -> None:
     path = write(tmp_path, long_thing, "long.yaml")
     problems = problems_of(path)
     assert_plain(problems, path)
-    assert problems == [
-        f"{path}:7: mqtt.topic: is 264 bytes long; AWS IoT Core allows at most 256 bytes "
-        f"(got {('dt/' + 't' * 150 + '/' + 'g' * 110)[:57]!r}"[:-1] + "...')"
-    ]
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        f"{path}:7: mqtt.topic: is 264 bytes long; AWS IoT Core allows at most 256 bytes (got "
+    )
 
 
 def test_thing_of_128_bytes_is_accepted(tmp_path: Path) -> None:
@@ -384,9 +382,9 @@ def test_driver_options_are_the_driver_model(tmp_path: Path) -> None:
 def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, MINIMAL))
     with pytest.raises(ValidationError):
-        settings.thing = "other"  # type: ignore[misc]
+        settings.thing = "other"
     with pytest.raises(ValidationError):
-        settings.mqtt.port = 1  # type: ignore[misc]
+        settings.mqtt.port = 1
 
 
 def test_settings_round_trip(tmp_path: Path) -> None:
@@ -419,7 +417,7 @@ def test_direct_construction_checks_too() -> None:
         CounterOptions,
     )
     assert SensorSettings(name="x", driver="counter").options == CounterOptions()
-    assert not type(SensorSettings(name="x", driver="counter").options) is DriverOptions
+    assert type(SensorSettings(name="x", driver="counter").options) is not DriverOptions
 
 
 # --------------------------------------------------------------------------- file problems
@@ -428,7 +426,9 @@ def test_direct_construction_checks_too() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     problems = problems_of(path)
-    assert problems == [f"{path}: file not found (give another with --config or WSN_GATEWAY_CONFIG)"]
+    assert problems == [
+        f"{path}: file not found (give another with --config or WSN_GATEWAY_CONFIG)"
+    ]
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:
@@ -436,10 +436,13 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
     assert problems == [f"{tmp_path}: is a directory, not a config file"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file(tmp_path: Path) -> None:
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, MINIMAL)
-    path.chmod(0)
+
+    def refuse(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)  # chmod 0 does not stop root
     problems = problems_of(path)
     assert problems == [f"{path}: cannot read: Permission denied"]
 
