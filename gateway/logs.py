@@ -10,6 +10,8 @@ from typing import Any, TextIO
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# The members every line has; extras of the same name are renamed.
+_CORE = frozenset({"time", "level", "logger", "msg", "exception"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,7 +27,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+                # An extra named like a core field must not replace it (a "level" extra
+                # would break every log filter on level): it is kept under another name.
+                entry[f"extra_{key}" if key in _CORE else key] = value
         if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)

@@ -96,10 +96,22 @@ class Poller:
         for attempt in range(self.retries + 1):
             try:
                 measurements = await self._attempt()
-            except (OSError, TimeoutError, ValueError) as err:
+            except Exception as err:
+                # Any exception is a failed attempt, so that a driver bug cannot end this
+                # sensor's task for good. Bus errors, timeouts and bad data are expected;
+                # anything else is logged with its traceback, once while it repeats.
+                description = _describe(err, self.timeout)
+                if not isinstance(err, OSError | TimeoutError | ValueError) and (
+                    description not in errors and description != self.status.last_error
+                ):
+                    log.error(
+                        "driver raised an unexpected error",
+                        exc_info=err,
+                        extra={"sensor": self.name, "error": description},
+                    )
                 # A chip that failed may have reset or been swapped: set it up again.
                 self._needs_setup = True
-                errors.append(_describe(err, self.timeout))
+                errors.append(description)
                 self.status.errors += 1
                 if attempt < self.retries:
                     await asyncio.sleep(min(RETRY_BASE * 2**attempt, self.interval / 4))
@@ -158,8 +170,12 @@ class Poller:
 
 
 def _describe(err: BaseException, timeout: float) -> str:
-    if isinstance(err, TimeoutError):
-        return f"no answer within {timeout:g} s"
+    # Errno first: the bus's own ETIMEDOUT is an OSError that Python makes a
+    # TimeoutError, but it is not the poller's timeout (which has no errno).
     if isinstance(err, OSError) and err.errno is not None:
         return f"{err.strerror or err} (errno {err.errno})"
-    return str(err) or type(err).__name__
+    if isinstance(err, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(err, OSError | ValueError):
+        return str(err) or type(err).__name__
+    return f"{type(err).__name__}: {err}"

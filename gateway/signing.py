@@ -11,6 +11,7 @@ import base64
 import hashlib
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,10 @@ class Signer:
 
 
 def _check_private_file(path: Path) -> None:
-    mode = path.stat().st_mode
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise SigningKeyError(f"{path}: cannot read private key: {err.strerror}") from err
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SigningKeyError(
             f"{path}: private key is readable by others (mode {stat.S_IMODE(mode):04o}); "
@@ -80,7 +84,7 @@ def _check_private_file(path: Path) -> None:
         )
 
 
-def _load_private_key(path: Path) -> PrivateKey:
+def _load_private_key(path: Path, hint: str) -> PrivateKey:
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -89,8 +93,7 @@ def _load_private_key(path: Path) -> PrivateKey:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
         raise SigningKeyError(
-            f"{path}: not an unencrypted PEM private key ({err}); "
-            "give the key file that belongs to the certificate"
+            f"{path}: not an unencrypted PEM private key ({err}); {hint}"
         ) from err
     if not isinstance(
         key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -104,24 +107,53 @@ def ed25519_signer(key: ed25519.Ed25519PrivateKey) -> Signer:
     return Signer("EdDSA", spki_kid(key.public_key()), key, 64)
 
 
+def _create_private_file(path: Path, data: bytes) -> None:
+    """Create ``path`` holding ``data`` with mode 0600, all or nothing.
+
+    The data goes to a temporary file beside it (mkstemp: mode 0600), is made
+    durable, then linked into place: a crash or a full disk never leaves a partial
+    key behind, and the link fails with FileExistsError instead of overwriting a key
+    that another start created meanwhile.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)  # the new name survives a power cut too
+    finally:
+        os.close(directory)
+
+
 def load_or_create_ed25519(path: Path) -> Signer:
     """The gateway's signing key, created with mode 0600 on first start."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         key = ed25519.Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        # O_EXCL: two starts racing never overwrite each other's key.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            _create_private_file(path, pem)
+        except FileExistsError:
+            pass  # another start created it first: use that one
+        except OSError as err:
+            raise SigningKeyError(f"{path}: cannot create the signing key: {err}") from err
     _check_private_file(path)
-    loaded = _load_private_key(path)
+    loaded = _load_private_key(
+        path,
+        "this is the gateway's own signing key: restore it from a backup, or delete the "
+        "file so that a new one is created (its kid changes)",
+    )
     if not isinstance(loaded, ed25519.Ed25519PrivateKey):
         raise SigningKeyError(
             f"{path}: signing.key is ed25519 but this file holds another key type"
@@ -138,7 +170,7 @@ def certificate_signer(cert_path: Path, key_path: Path) -> Signer:
     except ValueError as err:
         raise SigningKeyError(f"{cert_path}: not a PEM certificate") from err
     _check_private_file(key_path)
-    key = _load_private_key(key_path)
+    key = _load_private_key(key_path, "give the key file that belongs to the certificate")
     if key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ) != cert.public_key().public_bytes(
