@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from gateway.readings import Measurement
+from gateway.readings import Measurement, is_publishable
 
 ENTRY_POINT_GROUP = "wsn_gateway.drivers"
 
@@ -108,6 +108,16 @@ def out_of_range(driver: type[Driver], measurement: Measurement) -> bool:
         return False
     low, high = bounds
     return not low <= value <= high
+
+
+def rejection(driver: type[Driver], measurement: Measurement) -> str | None:
+    """Why a measurement must not be published, or None when it may be."""
+    if not is_publishable(measurement.value):
+        return f"{measurement.value!r} cannot be published (not a finite JSON number)"
+    if out_of_range(driver, measurement):
+        low, high = driver.ranges[measurement.quantity]
+        return f"{measurement.value!r} is outside the datasheet range {low:g}..{high:g}"
+    return None
 
 
 def available_drivers() -> dict[str, str]:

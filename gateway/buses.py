@@ -33,6 +33,7 @@ class Buses:
     """All buses the sensors use, opened on first request, closed together."""
 
     _open: dict[int | str, Bus] = field(default_factory=dict)
+    _workers: list[Worker] = field(default_factory=list)
 
     def get(self, key: int | str) -> Bus:
         """The bus ``key`` (an I2C bus number, or "sim")."""
@@ -41,8 +42,17 @@ class Buses:
             bus = self._open[key] = _open_bus(key)
         return bus
 
+    def worker(self, name: str) -> Worker:
+        """A worker of its own for a sensor on no shared bus, stopped with the buses."""
+        worker = Worker(name)
+        self._workers.append(worker)
+        return worker
+
     def close(self) -> None:
-        """Close every bus and stop its worker."""
+        """Close every bus and stop every worker."""
+        for worker in self._workers:
+            worker.shutdown()
+        self._workers.clear()
         for bus in self._open.values():
             bus.worker.shutdown()
             try:

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from drivers.base import Driver, out_of_range
-from gateway.readings import Measurement, Reading, is_publishable
+from drivers.base import Driver, rejection
+from gateway.readings import Measurement, Reading
 from gateway.workers import Worker
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,11 @@ class Poller:
         synced = self.synced()
         readings = []
         for m in measurements:
-            if not is_publishable(m.value) or out_of_range(type(self.driver), m):
+            reason = rejection(type(self.driver), m)
+            if reason is not None:
                 self.status.rejected += 1
                 log.warning(
-                    "reading rejected: outside the sensor's physical range",
+                    f"reading rejected: {reason}",
                     extra={"sensor": self.name, "quantity": m.quantity, "value": repr(m.value)},
                 )
                 continue

@@ -6,11 +6,12 @@ import asyncio
 import time
 from collections.abc import Iterator, Sequence
 
-from drivers.base import Driver, DriverContext, load_driver
+from drivers.base import Driver, DriverContext, load_driver, rejection
 from drivers.sim.bus import SimBus
 from gateway.buses import Buses
 from gateway.config import SensorSettings, Settings
-from gateway.readings import Reading
+from gateway.errors import SensorRangeError
+from gateway.readings import Measurement, Reading
 from gateway.workers import Worker
 
 
@@ -27,7 +28,8 @@ def open_sensor(sensor: SensorSettings, buses: Buses) -> tuple[Driver, Worker]:
     """
     cls = load_driver(sensor.driver)
     if cls.bus_kind != "i2c":
-        return cls(DriverContext(sensor.name), sensor.options), Worker(f"sensor-{sensor.name}")
+        worker = buses.worker(f"sensor-{sensor.name}")
+        return cls(DriverContext(sensor.name), sensor.options), worker
     assert sensor.bus is not None, "config validation requires a bus for I2C sensors"
     bus = buses.get(sensor.bus)
     address = sensor.address if sensor.address is not None else cls.addresses[0]
@@ -40,7 +42,11 @@ def open_sensor(sensor: SensorSettings, buses: Buses) -> tuple[Driver, Worker]:
 def read_once(
     settings: Settings, names: Sequence[str] | None = None
 ) -> Iterator[tuple[str, list[Reading] | BaseException]]:
-    """Set up and read each selected sensor once (``wsn-gateway read``)."""
+    """Set up and read each selected sensor once (``wsn-gateway read``).
+
+    Values the daemon would reject (out of range, not finite) come back as a
+    ``SensorRangeError`` for the sensor instead of being printed as readings.
+    """
     buses = Buses()
     try:
         for sensor in settings.sensors:
@@ -52,6 +58,14 @@ def read_once(
             except (OSError, TimeoutError, ValueError) as err:
                 yield sensor.name, err
                 continue
+            reasons = [
+                f"{m.quantity}: {reason}"
+                for m in measurements
+                if (reason := rejection(type(driver), m)) is not None
+            ]
+            if reasons:
+                yield sensor.name, SensorRangeError("; ".join(reasons))
+                continue
             now = round(time.time(), 3)
             yield (
                 sensor.name,
@@ -61,6 +75,6 @@ def read_once(
         buses.close()
 
 
-async def _setup_and_read(driver: Driver, worker: Worker, timeout: float) -> list:  # type: ignore[type-arg]
+async def _setup_and_read(driver: Driver, worker: Worker, timeout: float) -> list[Measurement]:
     await asyncio.wait_for(worker.run(driver.setup), timeout)
     return await asyncio.wait_for(worker.run(driver.read), timeout)
