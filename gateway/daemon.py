@@ -26,7 +26,7 @@ from gateway.envelope import Sealed, Sealer
 from gateway.errors import ConfigError, GatewayError
 from gateway.metrics import Counters
 from gateway.polling import Poller
-from gateway.publisher import MqttTarget, Publisher
+from gateway.publisher import MqttTarget, Publisher, tls_context
 from gateway.readings import Reading
 from gateway.sensors import open_sensor
 from gateway.signing import Signer, certificate_signer, load_or_create_ed25519
@@ -115,12 +115,14 @@ class Daemon:
         self.ready = asyncio.Event()
         self._worker = Worker("buffer")
         self._pending: list[Reading] = []
+        self._commit_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._seal_wake = asyncio.Event()
         self._age = _Age()
         self._record_bytes = float(FIRST_RECORD_ESTIMATE)
         self._sealer: Sealer | None = None
+        self._next_settings: Settings | None = None
 
     # --- signals --------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -147,18 +149,37 @@ class Daemon:
                 await self._run_once()
                 if self._stop.is_set():
                     return
-                self._reload.clear()
-                try:
-                    assert self.settings.source is not None
-                    self.settings = load_settings(self.settings.source, self._overrides)
-                    log.info("configuration reloaded", extra={"path": str(self.settings.source)})
-                except ConfigError as err:
-                    log.error(
-                        "reload refused: the new configuration is invalid; keeping the old one",
-                        extra={"problems": err.problems},
-                    )
+                assert self._next_settings is not None
+                self.settings, self._next_settings = self._next_settings, None
+                log.info("configuration reloaded", extra={"path": str(self.settings.source)})
         finally:
             self._worker.shutdown()
+
+    def _accept_reload(self) -> bool:
+        """Read the configuration again (SIGHUP). True when it can be used: every part
+        then restarts on it. Otherwise the error is logged and the running parts carry
+        on with the old one, so that a typo in a reload never stops the readings."""
+        self._reload.clear()
+        assert self.settings.source is not None
+        try:
+            settings = load_settings(self.settings.source, self._overrides)
+            # What start-up would refuse: the signing key, the certificate and its key.
+            make_signer(settings)
+            tls_context(mqtt_target(settings))
+        except ConfigError as err:
+            log.error(
+                "reload refused: the new configuration is invalid; keeping the old one",
+                extra={"problems": err.problems},
+            )
+            return False
+        except GatewayError as err:
+            log.error(
+                "reload refused: the new configuration cannot be used; keeping the old one",
+                extra={"error": str(err)},
+            )
+            return False
+        self._next_settings = settings
+        return True
 
     async def _run_once(self) -> None:
         s = self.settings
@@ -201,11 +222,17 @@ class Daemon:
         stop = asyncio.create_task(self._stop.wait())
         reload = asyncio.create_task(self._reload.wait())
         try:
-            done, _ = await asyncio.wait([stop, reload, *core], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task in core:
-                    task.result()  # a core part failing is a bug: let it surface
-                    raise RuntimeError(f"{task.get_name()} ended unexpectedly")
+            while True:
+                done, _ = await asyncio.wait(
+                    [stop, reload, *core], return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    if task in core:
+                        task.result()  # a core part failing is a bug: let it surface
+                        raise RuntimeError(f"{task.get_name()} ended unexpectedly")
+                if stop in done or self._accept_reload():
+                    break
+                reload = asyncio.create_task(self._reload.wait())
         finally:
             self.ready.clear()
             stop.cancel()
@@ -249,16 +276,23 @@ class Daemon:
         self.counters.readings_taken += len(readings)
 
     async def _commit(self) -> None:
-        """One group commit of everything polled since the last one."""
-        if not self._pending or self.buffer is None:
-            return
-        batch, self._pending = self._pending, []
-        dropped = await self._worker.run(self.buffer.add, batch)
-        self.counters.readings_buffered += len(batch)
-        self.counters.readings_dropped += dropped
-        self._age.add(len(batch), time.monotonic())
-        self._age.sealed(dropped)
-        self._seal_wake.set()
+        """One group commit of everything polled since the last one.
+
+        Serialised: the last commit of a stop or reload waits for one the commit loop
+        has in progress, so the loop is never cancelled while it holds readings that
+        are in neither ``_pending`` nor the buffer (a cancelled wait for the buffer's
+        worker thread drops a write that has not started yet).
+        """
+        async with self._commit_lock:
+            if not self._pending or self.buffer is None:
+                return
+            batch, self._pending = self._pending, []
+            dropped = await self._worker.run(self.buffer.add, batch)
+            self.counters.readings_buffered += len(batch)
+            self.counters.readings_dropped += dropped
+            self._age.add(len(batch), time.monotonic())
+            self._age.sealed(dropped)
+            self._seal_wake.set()
 
     async def _commit_loop(self) -> None:
         while True:
@@ -320,8 +354,11 @@ class Daemon:
             await self.publisher.connected.wait()
             self._seal_wake.clear()
             await self._seal_some()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+            # cancellation that coincides with the event, and the loop would go on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._seal_wake.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._seal_wake.wait()
 
     # --- the publisher's view of the outbox -----------------------------------------
     async def _fetch(self, after: int, limit: int) -> list:  # type: ignore[type-arg]
@@ -375,6 +412,14 @@ class Daemon:
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
+    # On Python 3.11, asyncio.wait_for (the pollers' read timeout) returns the result
+    # instead of raising when a cancellation arrives just as the awaited call
+    # completes: the task runs on. Cancel again whatever has not ended.
+    pending = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+        for task in pending:
+            task.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     for task, result in zip(tasks, results, strict=True):
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):

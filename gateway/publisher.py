@@ -71,8 +71,14 @@ def tls_context(target: MqttTarget) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(str(target.cert), str(target.key))
     except FileNotFoundError as err:
+        # ssl does not set err.filename: find the missing file ourselves.
+        missing = [
+            f"{name} {path}"
+            for name, path in (("mqtt.cert", target.cert), ("mqtt.key", target.key))
+            if not path.exists()
+        ] or [f"mqtt.cert/mqtt.key {err.filename or ''}".rstrip()]
         raise PublishError(
-            f"mqtt.cert/mqtt.key: {err.filename} does not exist: give the device certificate "
+            f"{' and '.join(missing)} does not exist: give the device certificate "
             "and its private key (from AWS IoT, or `wsn-gateway demo` makes test ones)"
         ) from err
     except PermissionError as err:
@@ -209,12 +215,14 @@ class Publisher:
         delay = self.target.reconnect_min
         while True:
             started = time.monotonic()
+            connects = self.counters.connects
             try:
                 await self._session()
             except* (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as group:
                 err = group.exceptions[0]
                 message = explain_connect_error(err, self.target)
-                was_connected = self.connected.is_set()
+                # The session clears ``connected`` on its way out: count connects instead.
+                was_connected = self.counters.connects > connects
                 self.connected.clear()
                 if was_connected:
                     log.warning("connection lost", extra={"error": message})
@@ -284,22 +292,28 @@ class Publisher:
         window = asyncio.Semaphore(t.max_inflight)
         tasks: set[asyncio.Task[None]] = set()
         last = 0
-        while True:
-            self._wake.clear()
-            entries = await self._fetch(last, t.max_inflight)
-            if not entries:
-                await self._wake.wait()
-                continue
-            for entry in entries:
-                await window.acquire()
-                await self._limiter.acquire(len(entry.payload))
-                task = asyncio.create_task(self._publish_one(client, entry, window))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                last = entry.seq
-            # Surface a failed publish (PUBACK timeout) to end the session.
-            for task in [t for t in tasks if t.done()]:
-                task.result()
+        try:
+            while True:
+                self._wake.clear()
+                entries = await self._fetch(last, t.max_inflight)
+                if not entries:
+                    await self._wake.wait()
+                    continue
+                for entry in entries:
+                    await window.acquire()
+                    await self._limiter.acquire(len(entry.payload))
+                    task = asyncio.create_task(self._publish_one(client, entry, window))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    last = entry.seq
+                # Surface a failed publish (PUBACK timeout) to end the session.
+                for task in [t for t in tasks if t.done()]:
+                    task.result()
+        finally:
+            # Publishes still waiting for a PUBACK belong to this session: the next
+            # one sends their batches again from the outbox.
+            for task in tasks:
+                task.cancel()
 
     async def _publish_one(
         self, client: aiomqtt.Client, entry: OutboxEntry, window: asyncio.Semaphore
@@ -327,8 +341,11 @@ class Publisher:
 
     async def _ack_flusher(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+            # cancellation that coincides with the event, and the session never ends.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ack_due.wait(), ACK_FLUSH_SECONDS)
+                async with asyncio.timeout(ACK_FLUSH_SECONDS):
+                    await self._ack_due.wait()
             self._ack_due.clear()
             await self._flush_acks()
 
