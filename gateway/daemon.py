@@ -183,6 +183,7 @@ class Daemon:
 
     async def _run_once(self) -> None:
         s = self.settings
+        self._age = _Age()  # the backlog is re-counted from the buffer below
         signer = make_signer(s)
         self._sealer = Sealer(
             thing=s.thing,
@@ -412,9 +413,10 @@ class Daemon:
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
-    # On Python 3.11, asyncio.wait_for (the pollers' read timeout) returns the result
-    # instead of raising when a cancellation arrives just as the awaited call
-    # completes: the task runs on. Cancel again whatever has not ended.
+    # On Python 3.11, asyncio.wait_for returns the result instead of raising when a
+    # cancellation arrives just as the awaited call completes, and the task runs on.
+    # The daemon's own code uses asyncio.timeout; this guards against any other
+    # such swallowed cancellation: cancel again whatever has not ended.
     pending = set(tasks)
     while pending:
         _, pending = await asyncio.wait(pending, timeout=1.0)

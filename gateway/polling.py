@@ -86,9 +86,13 @@ class Poller:
 
     async def _attempt(self) -> list[Measurement]:
         if self._needs_setup:
-            await asyncio.wait_for(self.worker.run(self.driver.setup), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await self.worker.run(self.driver.setup)
             self._needs_setup = False
-        return await asyncio.wait_for(self.worker.run(self.driver.read), self.timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+        # cancellation that arrives as the read completes, and the poller never stops.
+        async with asyncio.timeout(self.timeout):
+            return await self.worker.run(self.driver.read)
 
     async def poll_once(self) -> list[Reading]:
         """One cycle: read with retries, check, stamp, hand on; returns what was kept."""

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import socket
 import ssl
@@ -275,7 +276,7 @@ class Publisher:
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._watch(client))
-                    group.create_task(self._pump(client))
+                    group.create_task(self._pump(client, group))
                     group.create_task(self._ack_flusher())
             finally:
                 self.connected.clear()
@@ -287,33 +288,24 @@ class Publisher:
             pass
         raise aiomqtt.MqttError("disconnected")
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
+    async def _pump(self, client: aiomqtt.Client, group: asyncio.TaskGroup) -> None:
+        """Publish outbox batches in seq order, each as a task of the session's group:
+        a publish that fails ends the session at once, and the session's end cancels
+        the publishes still waiting for a PUBACK (the next session resends them)."""
         t = self.target
         window = asyncio.Semaphore(t.max_inflight)
-        tasks: set[asyncio.Task[None]] = set()
         last = 0
-        try:
-            while True:
-                self._wake.clear()
-                entries = await self._fetch(last, t.max_inflight)
-                if not entries:
-                    await self._wake.wait()
-                    continue
-                for entry in entries:
-                    await window.acquire()
-                    await self._limiter.acquire(len(entry.payload))
-                    task = asyncio.create_task(self._publish_one(client, entry, window))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    last = entry.seq
-                # Surface a failed publish (PUBACK timeout) to end the session.
-                for task in [t for t in tasks if t.done()]:
-                    task.result()
-        finally:
-            # Publishes still waiting for a PUBACK belong to this session: the next
-            # one sends their batches again from the outbox.
-            for task in tasks:
-                task.cancel()
+        while True:
+            self._wake.clear()
+            entries = await self._fetch(last, t.max_inflight)
+            if not entries:
+                await self._wake.wait()
+                continue
+            for entry in entries:
+                await window.acquire()
+                await self._limiter.acquire(len(entry.payload))
+                group.create_task(self._publish_one(client, entry, window))
+                last = entry.seq
 
     async def _publish_one(
         self, client: aiomqtt.Client, entry: OutboxEntry, window: asyncio.Semaphore
@@ -322,13 +314,13 @@ class Publisher:
         try:
             self.counters.batches_published += 1
             self.counters.bytes_published += len(entry.payload)
-            await client.publish(
-                self.target.topic, entry.payload, qos=1, timeout=self.target.publish_timeout
-            )
-        except TimeoutError as err:
-            raise aiomqtt.MqttError(
-                f"no PUBACK for batch {entry.seq} within {self.target.publish_timeout:g} s"
-            ) from err
+            try:
+                async with asyncio.timeout(self.target.publish_timeout):
+                    await client.publish(self.target.topic, entry.payload, qos=1, timeout=math.inf)
+            except TimeoutError as err:
+                raise aiomqtt.MqttError(
+                    f"no PUBACK for batch {entry.seq} within {self.target.publish_timeout:g} s"
+                ) from err
         finally:
             self._in_flight.discard(entry.seq)
             window.release()

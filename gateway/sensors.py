@@ -76,5 +76,7 @@ def read_once(
 
 
 async def _setup_and_read(driver: Driver, worker: Worker, timeout: float) -> list[Measurement]:
-    await asyncio.wait_for(worker.run(driver.setup), timeout)
-    return await asyncio.wait_for(worker.run(driver.read), timeout)
+    async with asyncio.timeout(timeout):
+        await worker.run(driver.setup)
+    async with asyncio.timeout(timeout):
+        return await worker.run(driver.read)
