@@ -12,6 +12,7 @@ import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -44,6 +45,12 @@ class SMBusLike(Protocol):
         self, i2c_addr: int, register: int, data: list[int], force: bool | None = None
     ) -> None: ...
 
+    def read_byte(self, i2c_addr: int, force: bool | None = None) -> int: ...
+
+    def write_byte(self, i2c_addr: int, value: int, force: bool | None = None) -> None: ...
+
+    def i2c_rdwr(self, *i2c_msgs: Any) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -55,11 +62,20 @@ class DriverOptions(BaseModel):
 
 @dataclass(frozen=True)
 class DriverContext:
-    """Where a driver instance lives: its sensor name and, for I2C chips, bus and address."""
+    """Where a driver instance lives.
+
+    I2C chips get ``bus`` and ``address``; serial devices get ``port`` (any
+    pyserial URL, or the path of the simulator's pseudo-terminal) and
+    ``baudrate``; sysfs devices (1-Wire) get ``root``, the directory their
+    device folders live in (a simulated tree when simulated).
+    """
 
     sensor: str
     bus: SMBusLike | None = None
     address: int | None = None
+    port: str | None = None
+    baudrate: int | None = None
+    root: Path | None = None
 
 
 class Driver(ABC):
@@ -73,8 +89,11 @@ class Driver(ABC):
 
     #: The settings model for this driver's ``options:`` mapping.
     options_model: ClassVar[type[DriverOptions]] = DriverOptions
-    #: "i2c" drivers get a bus and an address; "none" drivers need neither.
+    #: "i2c" drivers get a bus and an address, "serial" drivers a port and baud
+    #: rate, "w1" drivers a sysfs root; "none" drivers need none of them.
     bus_kind: ClassVar[str] = "none"
+    #: Serial drivers: the device's default baud rate.
+    default_baudrate: ClassVar[int] = 9600
     #: Addresses the chip can answer on; the first is the default.
     addresses: ClassVar[tuple[int, ...]] = ()
     #: Physical range per quantity from the datasheet; values outside are rejected.
@@ -95,14 +114,26 @@ class Driver(ABC):
         """Release what ``setup`` acquired."""
 
     @classmethod
+    def identify(cls, bus: SMBusLike, address: int) -> str | None:
+        """For ``wsn-gateway scan``: the chip's name if the device at ``address``
+        answers like this chip (read its id register), else None. Must only read,
+        or issue commands that leave the chip as it was."""
+        return None
+
+    @classmethod
     def simulator(cls, address: int, seed: int) -> Any:
         """A simulated chip to attach to ``drivers.sim.bus.SimBus`` at ``address``."""
         raise NotImplementedError(f"{cls.__name__} has no simulator")
 
 
 def out_of_range(driver: type[Driver], measurement: Measurement) -> bool:
-    """True when a numeric value lies outside the chip's datasheet range."""
+    """True when a numeric value lies outside the chip's datasheet range.
+
+    Quantities of remote nodes (``node/temperature``) are checked by their last part.
+    """
     bounds = driver.ranges.get(measurement.quantity)
+    if bounds is None:
+        bounds = driver.ranges.get(measurement.quantity.rsplit("/", 1)[-1])
     value = measurement.value
     if bounds is None or isinstance(value, str | bool):
         return False
@@ -115,7 +146,10 @@ def rejection(driver: type[Driver], measurement: Measurement) -> str | None:
     if not is_publishable(measurement.value):
         return f"{measurement.value!r} cannot be published (not a finite JSON number)"
     if out_of_range(driver, measurement):
-        low, high = driver.ranges[measurement.quantity]
+        low, high = (
+            driver.ranges.get(measurement.quantity)
+            or driver.ranges[measurement.quantity.rsplit("/", 1)[-1]]
+        )
         return f"{measurement.value!r} is outside the datasheet range {low:g}..{high:g}"
     return None
 

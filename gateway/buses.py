@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from drivers.base import SMBusLike
 from drivers.sim.bus import SimBus
@@ -12,6 +13,12 @@ from gateway.errors import GatewayError
 from gateway.workers import Worker
 
 log = logging.getLogger(__name__)
+
+
+class Closable(Protocol):
+    """Anything with a ``close()``."""
+
+    def close(self) -> None: ...
 
 
 class BusError(GatewayError, OSError):
@@ -34,6 +41,7 @@ class Buses:
 
     _open: dict[int | str, Bus] = field(default_factory=dict)
     _workers: list[Worker] = field(default_factory=list)
+    _owned: list[Closable] = field(default_factory=list)
 
     def get(self, key: int | str) -> Bus:
         """The bus ``key`` (an I2C bus number, or "sim")."""
@@ -48,8 +56,15 @@ class Buses:
         self._workers.append(worker)
         return worker
 
+    def own(self, thing: Closable) -> None:
+        """Close ``thing`` (a simulated device, say) together with the buses."""
+        self._owned.append(thing)
+
     def close(self) -> None:
-        """Close every bus and stop every worker."""
+        """Close every bus, stop every worker and close what was handed over."""
+        for thing in self._owned:
+            thing.close()
+        self._owned.clear()
         for worker in self._workers:
             worker.shutdown()
         self._workers.clear()

@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "BatchSettings",
     "BufferSettings",
+    "GpioSettings",
     "LoggingSettings",
     "MqttSettings",
     "SensorSettings",
@@ -399,6 +400,20 @@ class LoggingSettings(_Model):
     level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
 
 
+class StatusLedSettings(_Model):
+    """A status LED: steady when online, slow blink while buffering offline, fast on error."""
+
+    pin: int = Field(ge=0, le=53)
+    active_low: bool = False
+
+
+class GpioSettings(_Model):
+    """Pins the daemon drives: a status LED and the sensors' power-enable pins."""
+
+    backend: Annotated[Literal["auto", "rpi", "sim"], BeforeValidator(_lower)] = "auto"
+    status_led: StatusLedSettings | None = None
+
+
 def _driver_class(info: ValidationInfo) -> type[Driver] | None:
     """The driver of the sensor being validated, once its ``driver`` key has passed."""
     name = info.data.get("driver")
@@ -415,6 +430,10 @@ class SensorSettings(_Model):
     retries: int = Field(default=2, ge=0, le=10)
     bus: int | Literal["sim"] | None = Field(default=None, validate_default=True)
     address: int | None = Field(default=None, validate_default=True)
+    port: str | None = Field(default=None, validate_default=True)
+    baudrate: int | None = Field(default=None, validate_default=True)
+    power_pin: int | None = Field(default=None, ge=0, le=53)
+    power_off_seconds: float = Field(default=2.0, gt=0, le=60)
     options: SerializeAsAny[DriverOptions] = Field(default=None, validate_default=True)
 
     @field_validator("name", mode="before")
@@ -449,6 +468,12 @@ class SensorSettings(_Model):
             if driver is not None and driver.bus_kind == "i2c":
                 raise _invalid("I2C sensors need bus: 1 (or sim)")
             return None
+        if driver is not None and driver.bus_kind == "w1":
+            if isinstance(value, str) and value.strip().lower() == "sim":
+                return "sim"
+            raise _invalid(
+                "1-Wire sensors are found in sysfs: leave bus out, or bus: sim for the simulator"
+            )
         if driver is not None and driver.bus_kind != "i2c":
             raise _invalid(f"driver {info.data['driver']!r} is not on an I2C bus: remove bus")
         if isinstance(value, str) and value.strip().lower() == "sim":
@@ -495,6 +520,39 @@ class SensorSettings(_Model):
             raise _invalid(f"a {info.data['driver']} answers only on {choices} (got 0x{value:02x})")
         return value
 
+    @field_validator("port", mode="before")
+    @classmethod
+    def _check_port(cls, value: object, info: ValidationInfo) -> object:
+        driver = _driver_class(info)
+        serial = driver is not None and driver.bus_kind == "serial"
+        if value is None:
+            if serial:
+                raise _invalid(
+                    "serial sensors need port: a device such as /dev/ttyUSB0 or "
+                    "/dev/serial0, any pyserial URL (socket://host:port), or sim"
+                )
+            return None
+        if driver is not None and not serial:
+            raise _invalid(f"driver {info.data['driver']!r} is not on a serial line: remove port")
+        if not isinstance(value, str) or not value.strip():
+            raise _invalid(f"must be a serial device path or pyserial URL (got {_show(value)})")
+        return value.strip()
+
+    @field_validator("baudrate", mode="before")
+    @classmethod
+    def _check_baudrate(cls, value: object, info: ValidationInfo) -> object:
+        driver = _driver_class(info)
+        serial = driver is not None and driver.bus_kind == "serial"
+        if value is None:
+            return driver.default_baudrate if serial and driver is not None else None
+        if driver is not None and not serial:
+            raise _invalid(
+                f"driver {info.data['driver']!r} is not on a serial line: remove baudrate"
+            )
+        if isinstance(value, bool) or not isinstance(value, int) or not 50 <= value <= 4_000_000:
+            raise _invalid(f"must be a baud rate such as 9600 or 115200 (got {_show(value)})")
+        return value
+
     @field_validator("options", mode="plain")
     @classmethod
     def _check_options(cls, value: object, info: ValidationInfo) -> DriverOptions:
@@ -529,6 +587,7 @@ class Settings(_Model):
     buffer: Annotated[BufferSettings, BeforeValidator(_none_to_empty)] = BufferSettings()
     signing: Annotated[SigningSettings, BeforeValidator(_none_to_empty)] = SigningSettings()
     logging: Annotated[LoggingSettings, BeforeValidator(_none_to_empty)] = LoggingSettings()
+    gpio: Annotated[GpioSettings, BeforeValidator(_none_to_empty)] = GpioSettings()
     sensors: list[SensorSettings] = Field(min_length=1)
     clock: Annotated[Literal["kernel", "assume-synced"], BeforeValidator(_lower)] = "kernel"
     source: Path | None = Field(default=None, exclude=True)
@@ -558,33 +617,7 @@ class Settings(_Model):
             problem = _topic_problem(template.format(thing=self.thing))
             if problem is not None:
                 problems.append((("mqtt", key), problem))
-        names: dict[str, int] = {}
-        places: dict[tuple[int | str, int], int] = {}
-        for index, sensor in enumerate(self.sensors):
-            if sensor.name in names:
-                problems.append(
-                    (
-                        ("sensors", index, "name"),
-                        f"duplicate sensor name {sensor.name!r} "
-                        f"(already used by sensors[{names[sensor.name]}])",
-                    )
-                )
-            else:
-                names[sensor.name] = index
-            if sensor.bus is not None and sensor.address is not None:
-                place = (sensor.bus, sensor.address)
-                if place in places:
-                    other = self.sensors[places[place]]
-                    problems.append(
-                        (
-                            ("sensors", index, "address"),
-                            f"bus {sensor.bus} address 0x{sensor.address:02x} is already used "
-                            f"by sensor {other.name!r}; each I2C sensor needs its own "
-                            "(bus, address)",
-                        )
-                    )
-                else:
-                    places[place] = index
+        problems.extend(_sensor_conflicts(self))
         if problems:
             raise _problems(problems)
         return self
@@ -608,6 +641,60 @@ class Settings(_Model):
     def buffer_path(self) -> Path:
         """The SQLite file holding buffered readings and the outbox."""
         return self.state_dir / "buffer.sqlite3"
+
+
+def _sensor_conflicts(settings: Settings) -> list[tuple[Loc, str]]:
+    """Names, I2C places, serial ports and pins that two parts of the file both claim."""
+    problems: list[tuple[Loc, str]] = []
+    names: dict[str, int] = {}
+    places: dict[tuple[int | str, int], int] = {}
+    ports: dict[str, int] = {}
+    for index, sensor in enumerate(settings.sensors):
+        if sensor.name in names:
+            problems.append(
+                (
+                    ("sensors", index, "name"),
+                    f"duplicate sensor name {sensor.name!r} "
+                    f"(already used by sensors[{names[sensor.name]}])",
+                )
+            )
+        else:
+            names[sensor.name] = index
+        if sensor.bus is not None and sensor.address is not None:
+            place = (sensor.bus, sensor.address)
+            if place in places:
+                other = settings.sensors[places[place]]
+                problems.append(
+                    (
+                        ("sensors", index, "address"),
+                        f"bus {sensor.bus} address 0x{sensor.address:02x} is already used "
+                        f"by sensor {other.name!r}; each I2C sensor needs its own "
+                        "(bus, address)",
+                    )
+                )
+            else:
+                places[place] = index
+        if sensor.port is not None and sensor.port != "sim":
+            if sensor.port in ports:
+                problems.append(
+                    (
+                        ("sensors", index, "port"),
+                        f"port {sensor.port} is already used by sensor "
+                        f"{settings.sensors[ports[sensor.port]].name!r}; one serial device "
+                        "per port",
+                    )
+                )
+            else:
+                ports[sensor.port] = index
+        led = settings.gpio.status_led
+        if sensor.power_pin is not None and led is not None and sensor.power_pin == led.pin:
+            problems.append(
+                (
+                    ("sensors", index, "power_pin"),
+                    f"GPIO {sensor.power_pin} is the status LED's pin (gpio.status_led.pin)",
+                )
+            )
+    return problems
 
 
 # --------------------------------------------------------------------------- messages

@@ -139,7 +139,8 @@ class Poller:
                     extra={"sensor": self.name, "quantity": m.quantity, "value": repr(m.value)},
                 )
                 continue
-            readings.append(Reading(self.name, m.quantity, m.unit, m.value, now, synced))
+            stamp = now if m.time is None else round(m.time, 3)
+            readings.append(Reading(self.name, m.quantity, m.unit, m.value, stamp, synced))
             self.status.last_values[m.quantity] = m.value
         if readings:
             self.status.readings += len(readings)

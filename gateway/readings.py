@@ -15,6 +15,9 @@ class Measurement:
     quantity: str
     unit: str | None
     value: Value
+    #: When the value was measured (UNIX seconds), for devices that report on
+    #: their own schedule (serial streams, WSN nodes); None means "at the read".
+    time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 
 from drivers.base import Driver, DriverContext, load_driver, rejection
 from drivers.sim.bus import SimBus
+from drivers.sim.pty import PtyDevice
 from gateway.buses import Buses
 from gateway.config import SensorSettings, Settings
 from gateway.errors import SensorRangeError
@@ -24,9 +25,29 @@ def open_sensor(sensor: SensorSettings, buses: Buses) -> tuple[Driver, Worker]:
     """The driver for ``sensor`` and the worker its blocking calls run on.
 
     I2C sensors share their bus's worker; on the simulated bus the driver's own
-    simulator is attached at the sensor's address first.
+    simulator is attached at the sensor's address first. Serial sensors with
+    ``port: sim`` get their simulator behind a pseudo-terminal, and 1-Wire
+    sensors with ``bus: sim`` a simulated sysfs tree.
     """
     cls = load_driver(sensor.driver)
+    seed = simulation_seed(sensor.name)
+    if cls.bus_kind == "serial":
+        port = sensor.port
+        if port == "sim":
+            # The driver opens a real pseudo-terminal; its simulator answers on the other end.
+            device = PtyDevice(cls.simulator(0, seed))
+            buses.own(device)
+            port = device.path
+        context = DriverContext(sensor.name, port=port, baudrate=sensor.baudrate)
+        return cls(context, sensor.options), buses.worker(f"serial-{sensor.name}")
+    if cls.bus_kind == "w1":
+        root = None
+        if sensor.bus == "sim":
+            tree = cls.simulator(0, seed)  # a simulated sysfs tree with a ``root`` folder
+            buses.own(tree)
+            root = tree.root
+        context = DriverContext(sensor.name, root=root)
+        return cls(context, sensor.options), buses.worker(f"w1-{sensor.name}")
     if cls.bus_kind != "i2c":
         worker = buses.worker(f"sensor-{sensor.name}")
         return cls(DriverContext(sensor.name), sensor.options), worker
@@ -34,7 +55,7 @@ def open_sensor(sensor: SensorSettings, buses: Buses) -> tuple[Driver, Worker]:
     bus = buses.get(sensor.bus)
     address = sensor.address if sensor.address is not None else cls.addresses[0]
     if isinstance(bus.device, SimBus):
-        bus.device.attach(address, cls.simulator(address, simulation_seed(sensor.name)))
+        bus.device.attach(address, cls.simulator(address, seed))
     context = DriverContext(sensor.name, bus.device, address)
     return cls(context, sensor.options), bus.worker
 
