@@ -8,6 +8,7 @@ math stays pure functions of bytes.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -154,12 +155,19 @@ def rejection(driver: type[Driver], measurement: Measurement) -> str | None:
     return None
 
 
-def available_drivers() -> dict[str, str]:
-    """Driver name to ``module:Class`` for every registered driver."""
+@functools.cache
+def _registered() -> tuple[tuple[str, str], ...]:
+    # Cached: scanning the installed packages' metadata costs milliseconds, and
+    # validation asks several times per sensor.
     found = dict(BUILTIN_DRIVERS)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found[ep.name] = ep.value
-    return found
+    return tuple(found.items())
+
+
+def available_drivers() -> dict[str, str]:
+    """Driver name to ``module:Class`` for every registered driver."""
+    return dict(_registered())
 
 
 def load_driver(name: str) -> type[Driver]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections import deque
@@ -314,7 +315,10 @@ class Daemon:
         """Seal the oldest readings into one batch (runs on the buffer worker)."""
         buffer, sealer = self.buffer, self._sealer
         assert buffer is not None and sealer is not None
-        candidates: list[Buffered] = buffer.oldest(sealer.max_records)
+        # Read about what fits (with a margin), not max_records: most of those would
+        # only be read again for the next batch.
+        limit = min(sealer.max_records, math.ceil(sealer.max_bytes / self._record_bytes * 1.5) + 32)
+        candidates: list[Buffered] = buffer.oldest(limit)
         if not candidates:
             return None
         candidates.sort(key=lambda b: (b.reading.time, b.id))
@@ -322,7 +326,8 @@ class Daemon:
         sealed = sealer.seal(
             buffer.chain(), [b.reading for b in candidates], now=time.time(), dropped=dropped
         )
-        full = sealed.count < len(candidates) or sealed.count >= sealer.max_records
+        # Full: it hit a limit, or it took every candidate and more are waiting.
+        full = sealed.count < len(candidates) or sealed.count >= limit
         if not (full or force or self._seal_due(buffer.count, force=False)):
             return None
         buffer.commit_batch(sealed, (b.id for b in candidates[: sealed.count]), dropped)
