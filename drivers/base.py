@@ -24,8 +24,18 @@ ENTRY_POINT_GROUP = "wsn_gateway.drivers"
 
 # Used only when the package metadata is absent (running from a bare source tree).
 BUILTIN_DRIVERS = {
+    "ads1115": "drivers.ads1115:ADS1115",
+    "bh1750": "drivers.bh1750:BH1750",
     "bme280": "drivers.bme280:BME280",
     "counter": "drivers.counter:Counter",
+    "ds18b20": "drivers.ds18b20:DS18B20",
+    "ina219": "drivers.ina219:INA219",
+    "linesink": "drivers.linesink:LineSink",
+    "modbus": "drivers.modbus:ModbusRTU",
+    "pms5003": "drivers.pms5003:PMS5003",
+    "scd4x": "drivers.scd4x:SCD4x",
+    "sht3x": "drivers.sht3x:SHT3x",
+    "xbee": "drivers.xbee:XBee",
 }
 
 
