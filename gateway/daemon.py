@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import signal
@@ -25,8 +26,9 @@ from gateway.clock import clock_synchronised
 from gateway.config import Settings, load_settings
 from gateway.envelope import Sealed, Sealer
 from gateway.errors import ConfigError, GatewayError
+from gateway.gpio import LedState, Pins, drive_status_led, open_pins, power_cycle
 from gateway.metrics import Counters
-from gateway.polling import Poller
+from gateway.polling import Health, Poller
 from gateway.publisher import MqttTarget, Publisher, tls_context
 from gateway.readings import Reading
 from gateway.sensors import open_sensor
@@ -111,6 +113,7 @@ class Daemon:
         self._overrides = overrides
         self.counters = counters or Counters()
         self.pollers: list[Poller] = []
+        self.unavailable: dict[str, str] = {}
         self.publisher: Publisher | None = None
         self.buffer: Buffer | None = None
         self.ready = asyncio.Event()
@@ -202,7 +205,8 @@ class Daemon:
             target, fetch=self._fetch, ack=self._acked, counters=self.counters
         )
         buses = Buses()
-        self.pollers = self._make_pollers(buses)
+        pins = self._open_pins()
+        self.pollers = self._make_pollers(buses, pins)
         log.info(
             "started",
             extra={
@@ -220,6 +224,16 @@ class Daemon:
             asyncio.create_task(self._seal_loop(), name="seal"),
             asyncio.create_task(self._status_loop(), name="status"),
         ]
+        led = s.gpio.status_led
+        if led is not None and pins is not None:
+            core.append(
+                asyncio.create_task(
+                    drive_status_led(
+                        pins, led.pin, active_low=led.active_low, state=self.led_state
+                    ),
+                    name="status-led",
+                )
+            )
         self.ready.set()
         stop = asyncio.create_task(self._stop.wait())
         reload = asyncio.create_task(self._reload.wait())
@@ -246,18 +260,42 @@ class Daemon:
                 await self._drain(STOP_GRACE)
             await _cancel(core)
             await self.publisher.close()
+            if pins is not None:
+                pins.close()
             await self._worker.run(buffer.close)
             log.info("stopped", extra={"counters": self.counters.snapshot()})
 
-    def _make_pollers(self, buses: Buses) -> list[Poller]:
+    def _open_pins(self) -> Pins | None:
+        s = self.settings
+        if s.gpio.status_led is None and all(x.power_pin is None for x in s.sensors):
+            return None
+        return open_pins(s.gpio.backend)
+
+    def _make_pollers(self, buses: Buses, pins: Pins | None) -> list[Poller]:
         policy = self.settings.clock
 
         def synced() -> bool:
             return clock_synchronised(policy)
 
         pollers = []
+        self.unavailable = {}
         for sensor in self.settings.sensors:
-            driver, worker = open_sensor(sensor, buses)
+            try:
+                driver, worker = open_sensor(sensor, buses)
+            except (GatewayError, OSError) as err:
+                # A missing bus or device stops this sensor, not the gateway.
+                self.unavailable[sensor.name] = str(err)
+                log.error(
+                    f"sensor {sensor.name} cannot be opened; the others run",
+                    extra={"sensor": sensor.name, "error": str(err)},
+                )
+                continue
+            cycle = None
+            if sensor.power_pin is not None and pins is not None:
+                pins.setup_output(sensor.power_pin, True)
+                cycle = functools.partial(
+                    power_cycle, pins, sensor.power_pin, sensor.power_off_seconds
+                )
             pollers.append(
                 Poller(
                     name=sensor.name,
@@ -268,9 +306,25 @@ class Daemon:
                     retries=sensor.retries,
                     sink=self._take,
                     synced=synced,
+                    power_cycle=cycle,
                 )
             )
         return pollers
+
+    def led_state(self) -> LedState:
+        """What the status LED shows: error, offline (buffering) or online."""
+        publisher = self.publisher
+        failed = any(p.status.health is Health.FAILED for p in self.pollers)
+        if failed or self.unavailable:
+            return LedState.ERROR
+        if publisher is None or not publisher.connected.is_set():
+            refused = (
+                publisher is not None
+                and publisher.counters.connects == 0
+                and (publisher.counters.connect_failures >= 3)
+            )
+            return LedState.ERROR if refused else LedState.OFFLINE
+        return LedState.ONLINE
 
     # --- readings into the buffer ---------------------------------------------------
     def _take(self, readings: list[Reading]) -> None:
@@ -410,7 +464,10 @@ class Daemon:
             "buffered": self.buffer.count if self.buffer else 0,
             "in_flight": publisher.in_flight if publisher else 0,
             "last_acked_seq": publisher.last_acked_seq if publisher else None,
-            "sensors": {p.name: p.status.health.value for p in self.pollers},
+            "sensors": {
+                **{p.name: p.status.health.value for p in self.pollers},
+                **dict.fromkeys(self.unavailable, "unavailable"),
+            },
             **self.counters.snapshot(),
         }
 

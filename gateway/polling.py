@@ -9,7 +9,7 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from drivers.base import Driver, rejection
@@ -44,6 +44,7 @@ class SensorStatus:
     last_error: str | None = None
     last_values: dict[str, object] = field(default_factory=dict)
     last_ok: float | None = None
+    power_cycles: int = 0
 
 
 class Poller:
@@ -60,6 +61,7 @@ class Poller:
         retries: int,
         sink: Callable[[list[Reading]], None],
         synced: Callable[[], bool],
+        power_cycle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.driver = driver
@@ -69,6 +71,7 @@ class Poller:
         self.retries = retries
         self.sink = sink
         self.synced = synced
+        self.power_cycle = power_cycle
         self.status = SensorStatus()
         self._needs_setup = True
 
@@ -124,7 +127,21 @@ class Poller:
             self._settle(healthy=not errors, error=errors[-1] if errors else None)
             return readings
         self._settle(healthy=False, error=errors[-1], failed_cycle=True)
+        if self.power_cycle is not None and self.status.failed_cycles % FAILED_AFTER == 0:
+            await self._power_cycle()
         return []
+
+    async def _power_cycle(self) -> None:
+        """Switch the sensor off and on: a hung chip (SDA held low, a latched-up
+        SCD4x) often recovers only that way. Repeated every FAILED_AFTER failed cycles."""
+        assert self.power_cycle is not None
+        self.status.power_cycles += 1
+        log.warning(
+            f"power-cycling sensor {self.name} after {self.status.failed_cycles} failed cycles",
+            extra={"sensor": self.name, "power_cycles": self.status.power_cycles},
+        )
+        await self.power_cycle()
+        self._needs_setup = True
 
     def _accept(self, measurements: list[Measurement]) -> list[Reading]:
         now = round(time.time(), 3)
