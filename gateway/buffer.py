@@ -248,6 +248,27 @@ class Buffer:
         self._set("dropped_total", self._int("dropped_total") + dropped)
         return dropped, freed
 
+    def discard(self, ids: Sequence[int]) -> int:
+        """Delete readings that can never be published, counted into ``dropped``."""
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        with self._transaction():
+            (size,) = self._db.execute(
+                f"SELECT COALESCE(SUM(? + CASE kind WHEN 1 THEN LENGTH(value) ELSE 0 END), 0)"  # noqa: S608
+                f" FROM readings WHERE id IN ({marks})",
+                (ROW_BYTES, *ids),
+            ).fetchone()
+            gone = self._db.execute(
+                f"DELETE FROM readings WHERE id IN ({marks})",  # noqa: S608
+                list(ids),
+            ).rowcount
+            self._set("dropped_pending", self.dropped_pending + gone)
+            self._set("dropped_total", self._int("dropped_total") + gone)
+        self._count -= gone
+        self._size -= size
+        return int(gone)
+
     def oldest(self, limit: int) -> list[Buffered]:
         """The oldest buffered readings, by arrival, at most ``limit``."""
         out = []

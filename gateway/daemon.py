@@ -24,7 +24,7 @@ from gateway.buffer import Buffer, Buffered
 from gateway.buses import Buses
 from gateway.clock import clock_synchronised
 from gateway.config import Settings, load_settings
-from gateway.envelope import Sealed, Sealer
+from gateway.envelope import RecordTooLarge, Sealed, Sealer
 from gateway.errors import ConfigError, GatewayError
 from gateway.gpio import LedState, Pins, drive_status_led, open_pins, power_cycle
 from gateway.metrics import Counters
@@ -356,36 +356,54 @@ class Daemon:
             await self._commit()
 
     # --- sealing --------------------------------------------------------------------
+    def _aged(self) -> bool:
+        """The oldest unsealed reading has waited ``batch.max_age``."""
+        oldest = self._age.oldest()
+        return oldest is not None and time.monotonic() - oldest >= self.settings.batch.max_age
+
     def _seal_due(self, buffered: int, force: bool) -> bool:
         if buffered == 0:
             return False
         s = self.settings.batch
         if force or buffered >= s.max_records or buffered * self._record_bytes >= s.max_bytes:
             return True
-        oldest = self._age.oldest()
-        return oldest is not None and time.monotonic() - oldest >= s.max_age
+        return self._aged()
 
     def _seal_one(self, force: bool) -> Sealed | None:
-        """Seal the oldest readings into one batch (runs on the buffer worker)."""
+        """Seal the oldest readings into one batch (runs on the buffer worker).
+
+        Without ``force`` only a full batch is sealed. A reading too large for any
+        batch is discarded and counted into ``dropped``, so it cannot wedge the stream.
+        """
         buffer, sealer = self.buffer, self._sealer
         assert buffer is not None and sealer is not None
         # Read about what fits (with a margin), not max_records: most of those would
         # only be read again for the next batch.
         limit = min(sealer.max_records, math.ceil(sealer.max_bytes / self._record_bytes * 1.5) + 32)
         candidates: list[Buffered] = buffer.oldest(limit)
-        if not candidates:
-            return None
         candidates.sort(key=lambda b: (b.reading.time, b.id))
-        dropped = buffer.dropped_pending
-        sealed = sealer.seal(
-            buffer.chain(), [b.reading for b in candidates], now=time.time(), dropped=dropped
-        )
-        # Full: it hit a limit, or it took every candidate and more are waiting.
-        full = sealed.count < len(candidates) or sealed.count >= limit
-        if not (full or force or self._seal_due(buffer.count, force=False)):
-            return None
-        buffer.commit_batch(sealed, (b.id for b in candidates[: sealed.count]), dropped)
-        return sealed
+        while candidates:
+            dropped = buffer.dropped_pending
+            try:
+                sealed = sealer.seal(
+                    buffer.chain(),
+                    [b.reading for b in candidates],
+                    now=time.time(),
+                    dropped=dropped,
+                )
+            except RecordTooLarge as err:
+                buffer.discard([candidates[0].id])
+                log.error(
+                    "reading discarded: it can never fit in a batch", extra={"error": str(err)}
+                )
+                del candidates[0]
+                continue
+            # Full: it hit a limit, or it took every candidate and more are waiting.
+            if not (force or sealed.count < len(candidates) or sealed.count >= limit):
+                return None
+            buffer.commit_batch(sealed, (b.id for b in candidates[: sealed.count]), dropped)
+            return sealed
+        return None
 
     async def _seal_some(self, force: bool = False) -> int:
         """Seal while there is room in the outbox and a batch is due."""
@@ -395,7 +413,9 @@ class Daemon:
         while self._seal_due(self.buffer.count, force):
             if await self._worker.run(self.buffer.outbox_count) >= window:
                 break
-            sealed = await self._worker.run(self._seal_one, force)
+            # Age is judged here, on the event loop that owns the commit record.
+            aged = self._aged()
+            sealed = await self._worker.run(self._seal_one, force or aged)
             if sealed is None:
                 break
             made += 1

@@ -22,6 +22,10 @@ from gateway.signing import Signer, b64url
 _EMPTY_RECORDS = b'"records":[]'
 
 
+class RecordTooLarge(ValueError):
+    """The first reading alone does not fit in a batch: it can never be published."""
+
+
 @dataclass(frozen=True, slots=True)
 class Chain:
     """Where a stream stands: the last sealed seq and the hash of its payload."""
@@ -140,7 +144,9 @@ class Sealer:
             records.append(rec)
             unsynced = unsynced or not reading.synced
         if not records:
-            raise ValueError(f"one record does not fit in max_bytes={self.max_bytes}")
+            raise RecordTooLarge(
+                f"the record of {readings[0].name} does not fit in max_bytes={self.max_bytes}"
+            )
         count = len(records)
         header = self._header(chain, now, dropped, unsynced)
         signed = _splice(header, records)

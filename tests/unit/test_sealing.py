@@ -1,0 +1,68 @@
+"""The daemon's sealing step: full batches only unless forced, poison readings counted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gateway.buffer import Buffer
+from gateway.config import load_settings
+from gateway.daemon import Daemon
+from gateway.envelope import Sealer
+from gateway.readings import Reading
+from gateway.signing import load_or_create_ed25519
+
+T0 = 1_795_000_000.0
+
+
+def _daemon(tmp_path: Path, max_bytes: int = 1024) -> Daemon:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "thing: gw\n"
+        f"state_dir: {tmp_path}\n"
+        "mqtt: {endpoint: localhost, ca: ca.pem, cert: c.pem, key: k.pem}\n"
+        f"batch: {{max_bytes: {max_bytes}}}\n"
+        "sensors: [{name: beat, driver: counter}]\n"
+    )
+    daemon = Daemon(load_settings(config))
+    daemon.buffer = Buffer(tmp_path / "b.sqlite3", max_bytes=1 << 20)
+    signer = load_or_create_ed25519(tmp_path / "key.pem")
+    daemon._sealer = Sealer(thing="gw", signer=signer, max_bytes=max_bytes, max_records=5000)
+    return daemon
+
+
+def _counts(n: int) -> list[Reading]:
+    return [Reading("beat", "count", "count", float(i), T0 + i) for i in range(n)]
+
+
+def test_partial_batch_waits_unless_forced(tmp_path: Path) -> None:
+    daemon = _daemon(tmp_path)
+    assert daemon.buffer is not None
+    daemon.buffer.add(_counts(3))
+    assert daemon._seal_one(force=False) is None
+    assert daemon.buffer.count == 3
+    sealed = daemon._seal_one(force=True)
+    assert sealed is not None and sealed.count == 3
+    assert daemon.buffer.count == 0
+
+
+def test_full_batch_is_sealed_without_force(tmp_path: Path) -> None:
+    daemon = _daemon(tmp_path)
+    assert daemon.buffer is not None
+    daemon.buffer.add(_counts(200))
+    sealed = daemon._seal_one(force=False)
+    assert sealed is not None and 0 < sealed.count < 200
+    assert len(sealed.payload) <= 1024
+
+
+def test_a_reading_too_large_for_any_batch_is_dropped_and_counted(tmp_path: Path) -> None:
+    daemon = _daemon(tmp_path)
+    assert daemon.buffer is not None
+    poison = Reading("sink", "message", None, "x" * 2000, T0 - 1)
+    daemon.buffer.add([poison, *_counts(3)])
+    sealed = daemon._seal_one(force=True)
+    assert sealed is not None and sealed.count == 3
+    batch = json.loads(sealed.payload)
+    assert batch["dropped"] == 1
+    assert daemon.buffer.count == 0
+    assert daemon.buffer.stats().dropped_total == 1
