@@ -421,6 +421,16 @@ class BME280(Driver):
         self._calibration = None
 
     @classmethod
+    def identify(cls, bus: SMBusLike, address: int) -> str | None:
+        """The chip by its id register (5.4.1; DS001 4.3.1): "BME280", "BMP280" or None."""
+        chip_id = bus.read_byte_data(address, REG_CHIP_ID)
+        if chip_id == CHIP_ID_BME280:
+            return "BME280"
+        if chip_id in CHIP_IDS_BMP280:
+            return "BMP280"
+        return None
+
+    @classmethod
     def simulator(cls, address: int, seed: int) -> SimBME280:
         """A simulated BME280 whose environment drifts from ``seed``; any address works."""
         from drivers.sim.bme280 import SimBME280  # noqa: PLC0415 - the sim imports this module

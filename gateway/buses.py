@@ -24,6 +24,9 @@ class Closable(Protocol):
 class BusError(GatewayError, OSError):
     """An I2C bus could not be opened."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
 
 @dataclass
 class Bus:

@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("stats", help="what is buffered, oldest reading, outbox, drops")
     _config_arg(b)
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("scan", help="probe an I2C bus like i2cdetect and name the chips found")
+    p.add_argument(
+        "--bus",
+        default="1",
+        help="I2C bus number (default 1, /dev/i2c-1), or sim: the simulated chips of --config",
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        help="configuration whose bus-sim sensors make up the simulated bus",
+    )
     p = sub.add_parser("demo", help="the whole system on this machine: no hardware, no AWS")
     p.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
     p.add_argument(
@@ -214,6 +227,23 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Probe a bus and name the known chips by their id registers."""
+    from gateway.scan import format_scan, open_scan_bus, scan_bus  # noqa: PLC0415
+
+    bus: int | str = args.bus
+    if args.bus == "sim":
+        settings = _load(args.config)
+    elif args.bus.isdigit():
+        bus, settings = int(args.bus), None
+    else:
+        print(f"--bus takes a bus number such as 1, or sim (got {args.bus!r})", file=sys.stderr)
+        return EXIT_USAGE
+    with open_scan_bus(bus, settings) as device:  # type: ignore[arg-type]
+        print(format_scan(scan_bus(device)))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole system on one machine."""
     from gateway.demo import run_demo  # noqa: PLC0415
@@ -231,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "read": cmd_read,
         "verify": cmd_verify,
         "demo": cmd_demo,
+        "scan": cmd_scan,
     }
     handler = cmd_buffer_stats if args.command == "buffer" else handlers[args.command]
     try:

@@ -152,3 +152,23 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
+
+
+def test_scan_simulated_bus_names_the_chips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["scan", "--bus", "sim", "--config", str(_config(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "70: -- -- -- -- -- 75 76 77" in out
+    assert "0x76  BME280" in out
+
+
+def test_scan_missing_bus_says_how_to_enable_i2c(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", "--bus", "97"]) == 1
+    err = capsys.readouterr().err
+    assert "/dev/i2c-97 does not exist" in err and "raspi-config" in err
+    assert "Errno" not in err
+
+
+def test_scan_bad_bus_argument_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", "--bus", "one"]) == 2
