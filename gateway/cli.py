@@ -137,6 +137,13 @@ def cmd_read(args: argparse.Namespace) -> int:
             failures += 1
             print(f"{name}: read failed: {result}", file=sys.stderr)
             continue
+        if not result:
+            failures += 1
+            print(
+                f"{name}: no data yet (the device did not report within its interval)",
+                file=sys.stderr,
+            )
+            continue
         for reading in result:
             print(
                 json.dumps(

@@ -75,7 +75,10 @@ def read_once(
                 continue
             try:
                 driver, worker = open_sensor(sensor, buses)
-                measurements = asyncio.run(_setup_and_read(driver, worker, sensor.timeout))
+                patience = max(sensor.timeout, min(sensor.interval, 60.0))
+                measurements = asyncio.run(
+                    _setup_and_read(driver, worker, sensor.timeout, patience)
+                )
             except (OSError, TimeoutError, ValueError) as err:
                 yield sensor.name, err
                 continue
@@ -96,8 +99,18 @@ def read_once(
         buses.close()
 
 
-async def _setup_and_read(driver: Driver, worker: Worker, timeout: float) -> list[Measurement]:
+async def _setup_and_read(
+    driver: Driver, worker: Worker, timeout: float, patience: float
+) -> list[Measurement]:
+    """Set up, then read until the sensor has something to say: devices that measure
+    on their own schedule (an SCD4x every 5 s, a serial stream, a WSN node) have
+    nothing yet right after setup. Gives up after ``patience`` seconds."""
     async with asyncio.timeout(timeout):
         await worker.run(driver.setup)
-    async with asyncio.timeout(timeout):
-        return await worker.run(driver.read)
+    deadline = time.monotonic() + patience
+    while True:
+        async with asyncio.timeout(timeout):
+            measurements = await worker.run(driver.read)
+        if measurements or time.monotonic() >= deadline:
+            return measurements
+        await asyncio.sleep(0.2)

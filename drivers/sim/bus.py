@@ -96,8 +96,10 @@ class SimBus:
         """Combined transfers: each message is a plain write or read (no register)."""
         for msg in i2c_msgs:
             if msg.flags & I2C_M_RD:
-                data = self._read_raw(msg.addr, msg.len)
-                ctypes.memmove(msg.buf, bytes(data), msg.len)
+                # A chip that answers with fewer bytes leaves the bus high: 0xFF.
+                data = bytes(self._read_raw(msg.addr, msg.len))[: msg.len]
+                data += b"\xff" * (msg.len - len(data))
+                ctypes.memmove(msg.buf, data, msg.len)
             else:
                 self._write_raw(msg.addr, bytes(msg))
 
