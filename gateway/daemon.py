@@ -254,6 +254,7 @@ class Daemon:
             stop.cancel()
             reload.cancel()
             await _cancel(tasks)
+            await self._close_drivers()
             buses.close()
             await self._commit()
             if self._stop.is_set():
@@ -264,6 +265,19 @@ class Daemon:
                 pins.close()
             await self._worker.run(buffer.close)
             log.info("stopped", extra={"counters": self.counters.snapshot()})
+
+    async def _close_drivers(self) -> None:
+        """Let each driver release its port or chip (a serial port's lock, say),
+        so that the next start or reload can open it again."""
+        for poller in self.pollers:
+            try:
+                async with asyncio.timeout(poller.timeout):
+                    await poller.worker.run(poller.driver.close)
+            except (OSError, TimeoutError, ValueError) as err:
+                log.warning(
+                    "closing a sensor failed",
+                    extra={"sensor": poller.name, "error": str(err)},
+                )
 
     def _open_pins(self) -> Pins | None:
         s = self.settings

@@ -46,3 +46,6 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
     root.setLevel(logging.WARNING)
     for name in ("gateway", "drivers"):
         logging.getLogger(name).setLevel(level.upper())
+    # pymodbus logs every failed request at ERROR; the Modbus driver reports the same
+    # failure as a sensor error with the register names, so its own lines are noise.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

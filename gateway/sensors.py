@@ -93,7 +93,12 @@ def read_once(
             now = round(time.time(), 3)
             yield (
                 sensor.name,
-                [Reading(sensor.name, m.quantity, m.unit, m.value, now) for m in measurements],
+                [
+                    Reading(
+                        sensor.name, m.quantity, m.unit, m.value, now if m.time is None else m.time
+                    )
+                    for m in measurements
+                ],
             )
     finally:
         buses.close()
@@ -108,9 +113,13 @@ async def _setup_and_read(
     async with asyncio.timeout(timeout):
         await worker.run(driver.setup)
     deadline = time.monotonic() + patience
-    while True:
+    try:
+        while True:
+            async with asyncio.timeout(timeout):
+                measurements = await worker.run(driver.read)
+            if measurements or time.monotonic() >= deadline:
+                return measurements
+            await asyncio.sleep(0.2)
+    finally:
         async with asyncio.timeout(timeout):
-            measurements = await worker.run(driver.read)
-        if measurements or time.monotonic() >= deadline:
-            return measurements
-        await asyncio.sleep(0.2)
+            await worker.run(driver.close)

@@ -34,6 +34,8 @@ class PtyDevice:
         self.tick = tick
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # until pyserial opens it: no echo back to the device
+        # A device talks whether or not anyone listens: never block on a full buffer.
+        os.set_blocking(self._master, False)
         self.path = os.ttyname(self._slave)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=f"pty-{self.path}", daemon=True)
@@ -45,7 +47,7 @@ class PtyDevice:
             if readable:
                 try:
                     data = os.read(self._master, 4096)
-                except OSError:
+                except OSError:  # includes BlockingIOError after a spurious wake-up
                     data = b""
                 if data:
                     self.device.receive(data)
