@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from gateway.readings import Measurement, is_publishable
 
@@ -66,9 +67,37 @@ class SMBusLike(Protocol):
 
 
 class DriverOptions(BaseModel):
-    """Base of each driver's own settings (the ``options:`` mapping of a sensor)."""
+    """Base of each driver's own settings (the ``options:`` mapping of a sensor).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Stricter than pydantic's defaults in the two ways YAML invites mistakes: ``.nan``
+    and ``.inf`` are refused, and so is ``yes``/``true`` where a number belongs
+    (pydantic would read it as 1).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if bool not in _leaf_types(annotation):
+                raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
+
+
+def _leaf_types(annotation: object) -> set[object]:
+    """The types an annotation admits, through unions, Optional, Annotated and Literal."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return {type(a) for a in args}
+    if not args or origin in (list, tuple, dict, set, frozenset):
+        return {annotation}
+    leaves: set[object] = set()
+    for arg in args:
+        leaves |= _leaf_types(arg)
+    return leaves
 
 
 @dataclass(frozen=True)
