@@ -82,7 +82,7 @@ class DriverOptions(BaseModel):
         if isinstance(value, bool) and info.field_name is not None:
             annotation = cls.model_fields[info.field_name].annotation
             if bool not in _leaf_types(annotation):
-                raise ValueError(f"must be a number, not {str(value).lower()}")
+                raise ValueError("must be a number")
         return value
 
 
