@@ -119,11 +119,18 @@ def explain_connect_error(err: BaseException, target: MqttTarget) -> str:  # noq
             )
         cause = cause.__cause__ or cause.__context__
     lowered = text.lower()
-    tls_refusal = ("alert", "unknown ca", "bad certificate", "certificate required", "handshake")
-    if any(word in lowered for word in tls_refusal) or "eof" in lowered or "reset" in lowered:
+    tls_refusal = ("alert", "unknown ca", "bad certificate", "certificate required")
+    if any(word in lowered for word in tls_refusal):
         return (
             f"{where}: the broker refused our TLS client certificate {target.cert} ({text}); "
             "check that it is registered and active and signed by a CA the broker trusts"
+        )
+    if "eof" in lowered or "reset" in lowered or "handshake" in lowered:
+        # No TLS alert: a broker that refuses silently, or a network that drops us.
+        return (
+            f"{where}: the connection was closed during the TLS handshake ({text}): the "
+            f"network dropped it, or the broker refused our client certificate {target.cert} "
+            "without saying why (check that it is registered and active)"
         )
     if "not authori" in lowered or "bad user" in lowered or "code:5" in lowered:
         return (

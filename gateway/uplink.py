@@ -15,7 +15,7 @@ class Uplink:
         self.port = 0
         self.up = True
         self._server: asyncio.Server | None = None
-        self._links: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         """Listen on a free loopback port."""
@@ -31,9 +31,8 @@ class Uplink:
         except OSError:
             writer.close()
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._links.add(task)
+        link = {writer, up_writer}
+        self._writers |= link
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(_pipe(reader, up_writer))
@@ -41,15 +40,16 @@ class Uplink:
         except* (OSError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._links.discard(task)
-            for w in (writer, up_writer):
+            self._writers -= link
+            for w in link:
                 w.close()
 
     def cut(self) -> None:
-        """Drop every open connection and refuse new ones."""
+        """Drop every open connection (as a dead link would: no goodbye) and refuse
+        new ones."""
         self.up = False
-        for task in list(self._links):
-            task.cancel()
+        for writer in list(self._writers):
+            writer.transport.abort()
 
     def restore(self) -> None:
         """Accept connections again."""
