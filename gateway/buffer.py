@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.envelope import Chain, Sealed
+from gateway.errors import GatewayError
 from gateway.readings import Reading, Value
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,24 @@ class BufferStats:
     last_seq: int
 
 
+#: Seconds after a full disk before the buffer tries its configured cap again.
+DISK_RETRY = 3600.0
+
+
+class BufferFull(GatewayError, OSError):
+    """The file system is full and the buffer could not make room."""
+
+
+def _is_corruption(err: sqlite3.DatabaseError) -> bool:
+    text = str(err).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """SQLITE_FULL: the file system has no room for the write."""
+    return isinstance(err, sqlite3.OperationalError) and "full" in str(err).lower()
+
+
 def _encode(value: Value) -> tuple[Value, int]:
     if isinstance(value, bool):
         return int(value), _BOOL
@@ -120,35 +139,71 @@ class Buffer:
     def __init__(self, path: Path, *, max_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self._disk_cap: int | None = None  # a lower cap while the disk is full
+        self._disk_full_at = 0.0
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a group commit is on disk when it returns; one fsync per commit.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as err:
+            if isinstance(err, sqlite3.OperationalError) and not _is_corruption(err):
+                raise  # locked, read-only, disk full: not the file's fault
+            aside = self._move_aside()
+            log.error(
+                "buffer file is corrupt: moved aside, a new stream begins",
+                extra={"path": str(path), "moved_to": str(aside), "error": str(err)},
+            )
+            self._open()
+
+    def _open(self) -> None:
+        """Open (or create) the file and load the in-memory totals; raises
+        ``sqlite3.DatabaseError`` when the file is not a sound database."""
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a group commit is on disk when it returns; one fsync per commit.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._load_series()
+            with self._transaction():
+                if self._get("stream") is None:
+                    self._set("stream", secrets.token_hex(8))
+                    self._set("seq", 0)
+                    self._set("last_hash", None)
+                    self._set("dropped_pending", 0)
+                    self._set("dropped_total", 0)
+                    self._set("schema", SCHEMA_VERSION)
+                    log.info("buffer created", extra={"path": str(self.path)})
+            # These scans read every page of both tables: a damaged file fails here,
+            # at start, rather than in the middle of a drain.
+            self._count, self._size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(? + CASE kind WHEN 1 THEN LENGTH(value) ELSE 0 END),"
+                " 0) FROM readings",
+                (ROW_BYTES,),
+            ).fetchone()
+            (outbox_bytes,) = self._db.execute(
+                "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
+            ).fetchone()
+            self._size += outbox_bytes
+        except sqlite3.DatabaseError:
+            self._db.close()
+            raise
+
+    def _load_series(self) -> None:
         self._series: dict[tuple[str, str | None], int] = {
             (name, unit): sid
             for sid, name, unit in self._db.execute("SELECT id, name, unit FROM series")
         }
         self._names = {sid: key for key, sid in self._series.items()}
-        with self._transaction():
-            if self._get("stream") is None:
-                self._set("stream", secrets.token_hex(8))
-                self._set("seq", 0)
-                self._set("last_hash", None)
-                self._set("dropped_pending", 0)
-                self._set("dropped_total", 0)
-                self._set("schema", SCHEMA_VERSION)
-                log.info("buffer created", extra={"path": str(path)})
-        self._count, self._size = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(? + CASE kind WHEN 1 THEN LENGTH(value) ELSE 0 END), 0)"
-            " FROM readings",
-            (ROW_BYTES,),
-        ).fetchone()
-        (outbox_bytes,) = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
-        ).fetchone()
-        self._size += outbox_bytes
+
+    def _move_aside(self) -> Path:
+        """Rename the damaged file (and its WAL) so that nothing is deleted."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{self.path}{suffix}")
+            if part.exists():
+                part.rename(Path(f"{aside}{suffix}"))
+        return aside
 
     # --- plumbing ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -159,7 +214,9 @@ class Buffer:
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite itself rolls back on some errors (SQLITE_FULL among them).
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
@@ -198,30 +255,81 @@ class Buffer:
 
     def add(self, readings: Sequence[Reading]) -> int:
         """Store readings in one transaction (a group commit); returns how many of
-        the oldest were dropped to stay under the cap."""
+        the oldest were dropped to stay under the cap.
+
+        When the file system is full, the oldest tenth of the buffer is dropped
+        (counted) to make room and the write is tried once more; if that fails too,
+        ``BufferFull`` is raised and nothing of this call was stored. Until an hour
+        has passed, the buffer then keeps no more than it held when the disk filled.
+        """
         if not readings:
             return 0
+        if self._disk_cap is not None and time.monotonic() - self._disk_full_at > DISK_RETRY:
+            self._disk_cap = None  # perhaps someone made room: try the full cap again
+        try:
+            return self._add(readings)
+        except sqlite3.OperationalError as err:
+            if not is_disk_full(err):
+                raise
+        self._disk_full_at = time.monotonic()
+        self._disk_cap = int(self._size * 0.9)
+        log.error(
+            "disk full: dropping the oldest readings to make room",
+            extra={"path": str(self.path), "keeping_bytes": self._disk_cap},
+        )
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # give the WAL's space back
+            with self._transaction():
+                dropped, freed = self._drop_oldest(self._size - self._disk_cap)
+            self._count -= dropped
+            self._size -= freed
+            return self._add(readings) + dropped
+        except sqlite3.OperationalError as err:
+            self._disk_cap = None  # the lower cap did not help: do not keep it
+            if is_disk_full(err):
+                raise BufferFull(
+                    f"{self.path}: the file system is full and no room could be made; "
+                    "free some space (the readings are kept in memory meanwhile)"
+                ) from err
+            raise
+
+    def _add(self, readings: Sequence[Reading]) -> int:
         rows = []
         added = 0
-        for r in readings:
-            value, kind = _encode(r.value)
-            rows.append((self._series_id(r.name, r.unit), value, kind, r.time, int(not r.synced)))
-            added += ROW_BYTES + (len(value) if isinstance(value, str) else 0)
-        with self._transaction():
-            self._db.executemany(
-                "INSERT INTO readings (series, value, kind, time, unsynced) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
-            dropped, freed = self._drop_oldest(self._size + added - self.max_bytes)
+        try:
+            with self._transaction():
+                for r in readings:
+                    value, kind = _encode(r.value)
+                    sid = self._series_id(r.name, r.unit)
+                    rows.append((sid, value, kind, r.time, int(not r.synced)))
+                    added += ROW_BYTES + (len(value) if isinstance(value, str) else 0)
+                self._db.executemany(
+                    "INSERT INTO readings (series, value, kind, time, unsynced)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                cap = self.max_bytes if self._disk_cap is None else self._disk_cap
+                dropped, freed = self._drop_oldest(self._size + added - cap)
+        except BaseException:
+            self._load_series()  # series rows added by the failed transaction are gone
+            raise
         # In-memory totals change only once the transaction has committed.
         self._count += len(rows) - dropped
         self._size += added - freed
         if dropped:
             log.warning(
                 "buffer full: dropped oldest readings",
-                extra={"dropped": dropped, "max_bytes": self.max_bytes},
+                extra={"dropped": dropped, "max_bytes": cap},
             )
         return dropped
+
+    def note_dropped(self, count: int) -> None:
+        """Count readings lost before they reached the buffer (held in memory while
+        the disk was full), so that the next batch reports them in ``dropped``."""
+        if count:
+            with self._transaction():
+                self._set("dropped_pending", self.dropped_pending + count)
+                self._set("dropped_total", self._int("dropped_total") + count)
 
     def _drop_oldest(self, excess: int) -> tuple[int, int]:
         """Delete the oldest readings to free ``excess`` bytes, inside the caller's

@@ -14,13 +14,14 @@ import functools
 import logging
 import math
 import signal
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.buffer import Buffer, Buffered
+from gateway.buffer import Buffer, Buffered, BufferFull, is_disk_full
 from gateway.buses import Buses
 from gateway.clock import clock_synchronised
 from gateway.config import Settings, load_settings
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds SIGTERM allows for sealing and publishing what is buffered.
 STOP_GRACE = 10.0
+#: Readings held in memory while the disk is full; older ones are dropped, counted.
+MAX_HELD = 100_000
 #: A status line with the counters goes to the log this often (seconds).
 STATUS_EVERY = 60.0
 #: Until the first batch is sealed, a record is assumed to take this many bytes.
@@ -126,6 +129,9 @@ class Daemon:
         self._age = _Age()
         self._record_bytes = float(FIRST_RECORD_ESTIMATE)
         self._sealer: Sealer | None = None
+        self._lost_in_memory = 0
+        self._full_logged = -math.inf
+        self.disk_full = False
         self._next_settings: Settings | None = None
 
     # --- signals --------------------------------------------------------------------
@@ -329,7 +335,7 @@ class Daemon:
         """What the status LED shows: error, offline (buffering) or online."""
         publisher = self.publisher
         failed = any(p.status.health is Health.FAILED for p in self.pollers)
-        if failed or self.unavailable:
+        if failed or self.unavailable or self.disk_full:
             return LedState.ERROR
         if publisher is None or not publisher.connected.is_set():
             refused = (
@@ -357,12 +363,37 @@ class Daemon:
             if not self._pending or self.buffer is None:
                 return
             batch, self._pending = self._pending, []
-            dropped = await self._worker.run(self.buffer.add, batch)
+            try:
+                if self._lost_in_memory:
+                    await self._worker.run(self.buffer.note_dropped, self._lost_in_memory)
+                    self._lost_in_memory = 0
+                dropped = await self._worker.run(self.buffer.add, batch)
+            except BufferFull as err:
+                self.disk_full = True
+                self._hold(batch, str(err))
+                return
+            self.disk_full = False
             self.counters.readings_buffered += len(batch)
             self.counters.readings_dropped += dropped
             self._age.add(len(batch), time.monotonic())
             self._age.sealed(dropped)
             self._seal_wake.set()
+
+    def _hold(self, batch: list[Reading], error: str) -> None:
+        """Keep readings the full disk refused in memory, up to MAX_HELD; beyond that
+        the oldest go, counted, and the next batch that can be sealed reports them."""
+        held = batch + self._pending
+        excess = max(0, len(held) - MAX_HELD)
+        self._pending = held[excess:]
+        self._lost_in_memory += excess
+        self.counters.readings_dropped += excess
+        now = time.monotonic()
+        if now - self._full_logged > 60:
+            self._full_logged = now
+            log.error(
+                "cannot write to the buffer; holding readings in memory",
+                extra={"error": error, "held": len(self._pending), "lost": self._lost_in_memory},
+            )
 
     async def _commit_loop(self) -> None:
         while True:
@@ -429,7 +460,13 @@ class Daemon:
                 break
             # Age is judged here, on the event loop that owns the commit record.
             aged = self._aged()
-            sealed = await self._worker.run(self._seal_one, force or aged)
+            try:
+                sealed = await self._worker.run(self._seal_one, force or aged)
+            except sqlite3.OperationalError as err:
+                if not is_disk_full(err):
+                    raise
+                log.error("cannot seal: the disk is full", extra={"error": str(err)})
+                break
             if sealed is None:
                 break
             made += 1
@@ -461,7 +498,14 @@ class Daemon:
 
     async def _acked(self, seqs: list[int]) -> int:
         assert self.buffer is not None
-        readings = await self._worker.run(self.buffer.ack, seqs)
+        try:
+            readings = await self._worker.run(self.buffer.ack, seqs)
+        except sqlite3.OperationalError as err:
+            if not is_disk_full(err):
+                raise
+            # The rows stay in the outbox and go out again: duplicates, not loss.
+            log.error("cannot record PUBACKs: the disk is full", extra={"error": str(err)})
+            return 0
         self._seal_wake.set()
         return readings
 

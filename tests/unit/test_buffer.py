@@ -133,3 +133,24 @@ def test_group_commit_is_one_transaction(tmp_path: Path) -> None:
     buf._db.set_trace_callback(statements.append)
     buf.add(_readings(200))
     assert sum(s.startswith("COMMIT") for s in statements) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_file_is_moved_aside_and_a_new_stream_begins(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "buffer.sqlite3"
+    buf = Buffer(path, max_bytes=1 << 22)
+    buf.add(_readings(20_000))
+    old_stream = buf.chain().stream
+    buf.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x07" * len(data))
+    again = Buffer(path, max_bytes=1 << 22)
+    assert again.chain().stream != old_stream and again.chain().seq == 0
+    assert again.count == 0
+    aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert aside, "the damaged file must be kept, not deleted"
+    assert "buffer file is corrupt: moved aside" in caplog.text
+    again.add(_readings(3))
+    assert again.count == 3
