@@ -379,9 +379,17 @@ class Buffer:
 
     def oldest(self, limit: int) -> list[Buffered]:
         """The oldest buffered readings, by arrival, at most ``limit``."""
+        return self._select("ASC", limit)
+
+    def newest(self, limit: int) -> list[Buffered]:
+        """The newest buffered readings, newest first, at most ``limit``."""
+        return self._select("DESC", limit)
+
+    def _select(self, order: str, limit: int) -> list[Buffered]:
         out = []
         for rid, sid, value, kind, t, unsynced in self._db.execute(
-            "SELECT id, series, value, kind, time, unsynced FROM readings ORDER BY id LIMIT ?",
+            "SELECT id, series, value, kind, time, unsynced FROM readings"  # noqa: S608
+            f" ORDER BY id {order} LIMIT ?",
             (limit,),
         ):
             name, unit = self._names[sid]

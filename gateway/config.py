@@ -365,6 +365,7 @@ class BatchSettings(_Model):
     max_records: int = Field(default=5000, ge=1)
     max_bytes: int = Field(default=128000, ge=1024, le=131072)
     max_age: float = Field(default=30.0, gt=0)
+    interleave: bool = True
 
 
 class BufferSettings(_Model):

@@ -132,6 +132,7 @@ class Daemon:
         self._lost_in_memory = 0
         self._full_logged = -math.inf
         self.disk_full = False
+        self._live_turn = False  # only touched on the buffer's worker thread
         self._next_settings: Settings | None = None
 
     # --- signals --------------------------------------------------------------------
@@ -425,7 +426,12 @@ class Daemon:
         # Read about what fits (with a margin), not max_records: most of those would
         # only be read again for the next batch.
         limit = min(sealer.max_records, math.ceil(sealer.max_bytes / self._record_bytes * 1.5) + 32)
-        candidates: list[Buffered] = buffer.oldest(limit)
+        # While a backlog drains, every other batch carries the newest readings, so
+        # fresh data is not held behind hours of history (batch.interleave).
+        backlog = buffer.count > limit
+        live = backlog and self.settings.batch.interleave and self._live_turn
+        candidates: list[Buffered] = buffer.newest(limit) if live else buffer.oldest(limit)
+        refitted = False
         candidates.sort(key=lambda b: (b.reading.time, b.id))
         while candidates:
             dropped = buffer.dropped_pending
@@ -444,9 +450,17 @@ class Daemon:
                 del candidates[0]
                 continue
             # Full: it hit a limit, or it took every candidate and more are waiting.
-            if not (force or sealed.count < len(candidates) or sealed.count >= limit):
+            full = refitted or sealed.count < len(candidates) or sealed.count >= limit
+            if not (force or full):
                 return None
+            if live and not refitted and sealed.count < len(candidates):
+                # A live batch is filled from the newest end: seal again without the
+                # oldest candidates that would not have fitted anyway.
+                candidates = candidates[len(candidates) - sealed.count :]
+                refitted = True
+                continue
             buffer.commit_batch(sealed, (b.id for b in candidates[: sealed.count]), dropped)
+            self._live_turn = backlog and not self._live_turn
             return sealed
         return None
 

@@ -260,13 +260,15 @@ def test_format_lists_several_names() -> None:
 
 
 def test_sim_bus_carries_the_configured_simulators() -> None:
-    settings = load_settings(DEMO)  # BME280s on sim at 0x75, 0x76, 0x77, and a counter
+    settings = load_settings(DEMO)  # a BH1750, an SHT3x and a BME280 on bus sim
     with open_scan_bus("sim", settings) as bus:
         assert isinstance(bus, SimBus)
         found = scan_bus(bus)
-    # 0x75 is where the demo parks a BME280 no real one can use: it answers, but
-    # BME280.identify is only asked at the chip's own addresses.
-    assert found == [Found(0x75, []), Found(0x76, ["BME280"]), Found(0x77, ["BME280"])]
+    assert [(f.address, f.names[0].split()[0]) for f in found] == [
+        (0x23, "BH1750"),
+        (0x44, "SHT3x"),
+        (0x76, "BME280"),
+    ]
 
 
 def test_sim_bus_without_settings_is_empty() -> None:

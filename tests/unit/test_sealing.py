@@ -15,13 +15,13 @@ from gateway.signing import load_or_create_ed25519
 T0 = 1_795_000_000.0
 
 
-def _daemon(tmp_path: Path, max_bytes: int = 1024) -> Daemon:
+def _daemon(tmp_path: Path, max_bytes: int = 1024, interleave: bool = True) -> Daemon:
     config = tmp_path / "gw.yaml"
     config.write_text(
         "thing: gw\n"
         f"state_dir: {tmp_path}\n"
         "mqtt: {endpoint: localhost, ca: ca.pem, cert: c.pem, key: k.pem}\n"
-        f"batch: {{max_bytes: {max_bytes}}}\n"
+        f"batch: {{max_bytes: {max_bytes}, interleave: {str(interleave).lower()}}}\n"
         "sensors: [{name: beat, driver: counter}]\n"
     )
     daemon = Daemon(load_settings(config))
@@ -66,3 +66,32 @@ def test_a_reading_too_large_for_any_batch_is_dropped_and_counted(tmp_path: Path
     assert batch["dropped"] == 1
     assert daemon.buffer.count == 0
     assert daemon.buffer.stats().dropped_total == 1
+
+
+def _values(payload: bytes) -> list[float]:
+    return [r["v"] for r in json.loads(payload)["records"]]
+
+
+def test_live_batches_interleave_with_the_backlog(tmp_path: Path) -> None:
+    daemon = _daemon(tmp_path)
+    assert daemon.buffer is not None
+    daemon.buffer.add(_counts(10_000))
+    batches = [daemon._seal_one(force=False) for _ in range(4)]
+    assert all(b is not None for b in batches)
+    first, second, third, fourth = (_values(b.payload) for b in batches if b is not None)
+    assert first[0] == 0  # the backlog starts with the oldest
+    assert second[-1] == 9_999  # then the newest readings
+    assert third[0] == first[-1] + 1  # the backlog resumes where it was
+    assert fourth[-1] == second[0] - 1  # and live goes on just before the last live batch
+    assert [b.seq for b in batches if b is not None] == [1, 2, 3, 4]
+    assert all(v == sorted(v) for v in (first, second, third, fourth))  # time-ordered
+
+
+def test_interleaving_can_be_switched_off(tmp_path: Path) -> None:
+    daemon = _daemon(tmp_path, interleave=False)
+    assert daemon.buffer is not None
+    daemon.buffer.add(_counts(10_000))
+    first = daemon._seal_one(force=False)
+    second = daemon._seal_one(force=False)
+    assert first is not None and second is not None
+    assert _values(second.payload)[0] == _values(first.payload)[-1] + 1
