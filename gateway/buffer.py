@@ -323,6 +323,23 @@ class Buffer:
             )
         return dropped
 
+    def last_id(self) -> int:
+        """The row id of the newest buffered reading (0 when none); the readings of
+        one group commit have consecutive ids ending there."""
+        (newest,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()
+        return int(newest)
+
+    def correct_unsynced(self, from_id: int, delta: float) -> int:
+        """Shift readings taken before the clock was synchronised by ``delta`` seconds
+        and clear their flag; readings already sealed are signed and stay as they are."""
+        with self._transaction():
+            changed = self._db.execute(
+                "UPDATE readings SET time = ROUND(time + ?, 3), unsynced = 0"
+                " WHERE unsynced = 1 AND id >= ?",
+                (delta, from_id),
+            ).rowcount
+        return int(changed)
+
     def note_dropped(self, count: int) -> None:
         """Count readings lost before they reached the buffer (held in memory while
         the disk was full), so that the next batch reports them in ``dropped``."""

@@ -47,3 +47,39 @@ def clock_synchronised(policy: str = "kernel") -> bool:
     if policy == "assume-synced" or os.environ.get("WSN_GATEWAY_ASSUME_SYNCED") == "1":
         return True
     return kernel_clock_synchronised() is True
+
+
+class ClockWatch:
+    """Follows the wall clock against the monotonic clock, so that readings taken
+    before NTP set the clock can be corrected once it has (same boot).
+
+    While the clock is unsynchronised, every reading is stamped at the same offset
+    between wall and monotonic time, unless the wall clock jumps meanwhile; when the
+    clock becomes synchronised, the new offset minus that one is the error of those
+    readings. Readings from before a jump while unsynchronised keep their flag: their
+    error is not known.
+    """
+
+    def __init__(self, jump: float = 1.0) -> None:
+        self.jump = jump
+        self._offset: float | None = None
+        self._from_id = 0
+
+    def observe(
+        self, *, synced: bool, wall: float, mono: float, first_id: int
+    ) -> tuple[int, float] | None:
+        """Call after each group commit; ``first_id`` is the row id of its first reading.
+
+        Returns ``(from_id, delta)`` when the clock has just become synchronised: add
+        ``delta`` seconds to the unsynced readings with id ≥ ``from_id``.
+        """
+        offset = wall - mono
+        if not synced:
+            if self._offset is None or abs(offset - self._offset) > self.jump:
+                self._offset, self._from_id = offset, first_id
+            return None
+        if self._offset is None:
+            return None
+        delta, from_id = offset - self._offset, self._from_id
+        self._offset = None
+        return from_id, delta

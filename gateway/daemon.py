@@ -23,7 +23,7 @@ from typing import Any
 
 from gateway.buffer import Buffer, Buffered, BufferFull, is_disk_full
 from gateway.buses import Buses
-from gateway.clock import clock_synchronised
+from gateway.clock import ClockWatch, clock_synchronised
 from gateway.config import Settings, load_settings
 from gateway.envelope import RecordTooLarge, Sealed, Sealer
 from gateway.errors import ConfigError, GatewayError
@@ -133,6 +133,7 @@ class Daemon:
         self._full_logged = -math.inf
         self.disk_full = False
         self._live_turn = False  # only touched on the buffer's worker thread
+        self._clock = ClockWatch()
         self._next_settings: Settings | None = None
 
     # --- signals --------------------------------------------------------------------
@@ -374,11 +375,31 @@ class Daemon:
                 self._hold(batch, str(err))
                 return
             self.disk_full = False
+            await self._watch_clock(len(batch))
             self.counters.readings_buffered += len(batch)
             self.counters.readings_dropped += dropped
             self._age.add(len(batch), time.monotonic())
             self._age.sealed(dropped)
             self._seal_wake.set()
+
+    async def _watch_clock(self, committed: int) -> None:
+        """Once the clock synchronises, correct the readings taken before (same run)."""
+        assert self.buffer is not None
+        last_id = await self._worker.run(self.buffer.last_id)
+        found = self._clock.observe(
+            synced=clock_synchronised(self.settings.clock),
+            wall=time.time(),
+            mono=time.monotonic(),
+            first_id=last_id - committed + 1,
+        )
+        if found is None:
+            return
+        from_id, delta = found
+        corrected = await self._worker.run(self.buffer.correct_unsynced, from_id, delta)
+        log.info(
+            "clock synchronised: readings taken before corrected",
+            extra={"readings": corrected, "seconds": round(delta, 3)},
+        )
 
     def _hold(self, batch: list[Reading], error: str) -> None:
         """Keep readings the full disk refused in memory, up to MAX_HELD; beyond that
