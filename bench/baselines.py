@@ -8,6 +8,13 @@
   message, at most ``window`` awaiting their PUBACK.
 - ``sqlite``: one SQLite transaction per reading into a WAL file with
   synchronous=FULL, at a fixed rate, until killed.
+- ``paced``: the ``paho`` publisher held to a message rate (AWS IoT Core allows 100
+  publishes/s per connection), for a fixed time; prints ``done <sent> <acked>
+  <first publish> <last PUBACK> <cpu>``.
+- ``durable``: what the naive way needs to lose nothing: every reading committed to
+  SQLite on its own (WAL, synchronous=FULL; the same transaction deletes the rows
+  acknowledged since the last one), then published as its own QoS 1 message through
+  paho, at a fixed rate, until killed.
 
 ``IDLE_AIOMQTT`` is the ``python -c`` program of the memory baseline.
 """
@@ -21,7 +28,12 @@ import ssl
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
 
 #: The memory baseline: a bare asyncio + aiomqtt process connected with mutual TLS.
 #: argv: CA, cert, key, port.
@@ -134,6 +146,120 @@ async def _aiomqtt(args: argparse.Namespace) -> None:
         print(f"acked {time.monotonic()!r} {time.process_time()!r}", flush=True)
 
 
+def _paho_client(args: argparse.Namespace) -> mqtt.Client:
+    """A paho client with the in-flight window, connected, its network thread running."""
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    connected = threading.Event()
+
+    def on_connect(_c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        connected.set()
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv311
+    )
+    client.tls_set_context(_tls(args.ca, args.cert, args.key))
+    client.max_inflight_messages_set(args.window)
+    client.max_queued_messages_set(0)
+    client.on_connect = on_connect
+    client.connect("127.0.0.1", args.port, keepalive=60)
+    client.loop_start()
+    if not connected.wait(30):
+        raise SystemExit("not connected")
+    return client
+
+
+def run_paced(args: argparse.Namespace) -> None:
+    from bench.common import naive_json, sensor_history  # noqa: PLC0415
+
+    n = int(args.rate * args.duration)
+    readings = [r for chunk in sensor_history(n, start=time.time() - 3600) for r in chunk]
+    topic = f"dt/wsn/{args.client_id}/telemetry"
+    acked = 0
+    last_ack = [0.0]
+
+    def on_publish(_c: mqtt.Client, _u: object, _mid: int, _r: object, _p: object) -> None:
+        nonlocal acked
+        acked += 1
+        last_ack[0] = time.monotonic()
+
+    client = _paho_client(args)
+    client.on_publish = on_publish
+    print("ready", flush=True)
+    start = time.monotonic()
+    for k, reading in enumerate(readings):
+        delay = start + k / args.rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        client.publish(topic, naive_json(reading), qos=1)
+    deadline = time.monotonic() + 30
+    while acked < len(readings) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cpu = time.process_time()
+    print(f"done {len(readings)} {acked} {start!r} {last_ack[0]!r} {cpu!r}", flush=True)
+    client.disconnect()
+    client.loop_stop()
+
+
+def run_durable(args: argparse.Namespace) -> None:
+    from bench.common import naive_json  # noqa: PLC0415
+    from gateway.readings import Reading  # noqa: PLC0415
+
+    db = sqlite3.connect(args.db, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(_SCHEMA)
+    topic = f"dt/wsn/{args.client_id}/telemetry"
+    acked: deque[int] = deque()  # message ids, appended by paho's network thread
+    rows: dict[int, int] = {}  # message id -> row id, written by this thread only
+
+    def on_publish(_c: mqtt.Client, _u: object, mid: int, _r: object, _p: object) -> None:
+        acked.append(mid)
+
+    client = _paho_client(args)
+    client.on_publish = on_publish
+    print("ready", flush=True)
+    interval = 1.0 / args.rate
+    start = time.monotonic()
+    counts = [0] * 10
+    unresolved: list[int] = []
+    k = 0
+    while True:
+        s = k % 10
+        counts[s] += 1
+        reading = Reading(f"naive-{s}", "count", "count", float(counts[s]), time.time())
+        # A PUBACK can beat the line that records its message id: keep it for later.
+        while acked:
+            unresolved.append(acked.popleft())
+        done: list[int] = []
+        waiting: list[int] = []
+        for mid in unresolved:
+            if mid in rows:
+                done.append(rows.pop(mid))
+            else:
+                waiting.append(mid)
+        unresolved = waiting
+        db.execute("BEGIN IMMEDIATE")
+        rowid = db.execute(
+            "INSERT INTO readings (series, value, kind, time, unsynced) VALUES (?, ?, 0, ?, 0)",
+            (s + 1, reading.value, reading.time),
+        ).lastrowid
+        if done:
+            db.execute(
+                f"DELETE FROM readings WHERE id IN ({','.join('?' * len(done))})",
+                done,
+            )
+        db.execute("COMMIT")
+        info = client.publish(topic, naive_json(reading), qos=1)
+        assert rowid is not None
+        rows[info.mid] = rowid
+        k += 1
+        delay = start + k * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
 def run_sqlite(args: argparse.Namespace) -> None:
     db = sqlite3.connect(args.db, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -168,6 +294,19 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--count", type=int, required=True)
         p.add_argument("--window", type=int, default=100)
         p.add_argument("--client-id", default=f"bench-naive-{kind}")
+    for kind in ("paced", "durable"):
+        p = sub.add_parser(kind)
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--ca", required=True)
+        p.add_argument("--cert", required=True)
+        p.add_argument("--key", required=True)
+        p.add_argument("--rate", type=float, default=100.0, help="messages (readings) per s")
+        p.add_argument("--window", type=int, default=100)
+        p.add_argument("--client-id", default=f"bench-naive-{kind}")
+        if kind == "paced":
+            p.add_argument("--duration", type=float, default=10.0)
+        else:
+            p.add_argument("--db", type=Path, required=True)
     p = sub.add_parser("sqlite")
     p.add_argument("--db", type=Path, required=True)
     p.add_argument("--rate", type=float, default=100.0)
@@ -176,6 +315,10 @@ def main(argv: list[str] | None = None) -> None:
         run_paho(args)
     elif args.kind == "aiomqtt":
         asyncio.run(_aiomqtt(args))
+    elif args.kind == "paced":
+        run_paced(args)
+    elif args.kind == "durable":
+        run_durable(args)
     else:
         run_sqlite(args)
 

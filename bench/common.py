@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -543,6 +543,13 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def proc_stat_cpu(process: psutil.Process) -> float:
+    """utime + stime from /proc/PID/stat (every thread of the process), in seconds."""
+    text = Path(f"/proc/{process.pid}/stat").read_text()
+    fields = text.rpartition(")")[2].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --------------------------------------------------------------------------- strace
 
 
@@ -620,6 +627,47 @@ def synthetic_readings(n: int, *, start: float, rate: float = 100.0) -> list[Rea
                 counts[s - 6] += 1
                 out.append(Reading(f"pre{s}", "count", "count", float(counts[s - 6]), t))
     return out[:n]
+
+
+#: The three quantities of a BME280-like sensor: name, SenML unit, centre, spread.
+BME_QUANTITIES = (
+    ("temperature", "Cel", 21.0, 4.0),
+    ("humidity", "%RH", 50.0, 15.0),
+    ("pressure", "Pa", 101325.0, 800.0),
+)
+
+
+def sensor_history(
+    n: int,
+    *,
+    start: float,
+    prefix: str = "bme-",
+    sensors: int = 10,
+    rate: float = 100.0,
+    chunk: int = 10_000,
+    seed: int = 8428,
+) -> Iterator[list[Reading]]:
+    """``n`` readings of ``sensors`` BME280-like sensors (temperature, humidity and
+    pressure as full-precision floats, as the driver produces them, names
+    ``{prefix}{i}/{quantity}``), polled together so that they make ``rate``
+    readings per second from ``start`` on; in lists of ``chunk``. Deterministic."""
+    rng = random.Random(seed)
+    per_poll = sensors * len(BME_QUANTITIES)
+    period = per_poll / rate
+    out: list[Reading] = []
+    for k in range(n):
+        poll, within = divmod(k, per_poll)
+        sensor, q = divmod(within, len(BME_QUANTITIES))
+        quantity, unit, centre, spread = BME_QUANTITIES[q]
+        value = centre + rng.uniform(-spread, spread)
+        out.append(
+            Reading(f"{prefix}{sensor}", quantity, unit, value, round(start + poll * period, 3))
+        )
+        if len(out) == chunk:
+            yield out
+            out = []
+    if out:
+        yield out
 
 
 def naive_json(reading: Reading) -> bytes:

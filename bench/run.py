@@ -19,7 +19,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import bench_disk, bench_memory, bench_startup, bench_throughput
+from bench import (
+    bench_cost,
+    bench_disk,
+    bench_drain,
+    bench_memory,
+    bench_startup,
+    bench_throughput,
+)
 from bench.common import Context, Mosquitto, Table, machine_info, make_pki, strace_usable
 
 BENCHES: dict[str, ModuleType] = {
@@ -27,6 +34,8 @@ BENCHES: dict[str, ModuleType] = {
     "memory": bench_memory,
     "disk": bench_disk,
     "startup": bench_startup,
+    "drain": bench_drain,
+    "cost": bench_cost,
 }
 
 
