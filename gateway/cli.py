@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("stats", help="what is buffered, oldest reading, outbox, drops")
     _config_arg(b)
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser(
+        "status", help="what the running daemon is doing: connection, sensors, buffer"
+    )
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="the status snapshot as JSON")
     p = sub.add_parser("scan", help="probe an I2C bus like i2cdetect and name the chips found")
     p.add_argument(
         "--bus",
@@ -105,6 +110,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{settings.source}: ok — thing {settings.thing}, {len(settings.sensors)} sensor(s): "
         + ", ".join(f"{s.name} ({s.driver})" for s in settings.sensors)
     )
+    from gateway.startup import config_warnings  # noqa: PLC0415
+
+    for warning in config_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -112,9 +121,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The daemon in the foreground."""
     from gateway.daemon import run_daemon  # noqa: PLC0415 - keep other commands light
     from gateway.logs import setup_logging  # noqa: PLC0415
+    from gateway.startup import startup_checks  # noqa: PLC0415
 
     settings = _load(args.config)
     setup_logging(settings.logging.level)
+    try:
+        startup_checks(settings)  # refuses with a message that says what to fix
+    except GatewayError as err:
+        # Into the JSON log like every other line of the service, not onto stderr.
+        logging.getLogger("gateway").error(f"cannot start: {err}")
+        return EXIT_FAILURE
     return run_daemon(settings)
 
 
@@ -234,6 +250,36 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show the running daemon's status file; exit 1 when it is not running."""
+    from gateway import status  # noqa: PLC0415
+
+    settings = _load(args.config)
+    paths = status.read_paths(settings)
+    found = status.read_status(paths)
+    if found is None:
+        where = " or ".join(str(p) for p in paths)
+        if args.json:
+            print(json.dumps({"running": False, "reason": "no status file", "paths": where}))
+        else:
+            print(f"not running (no status file at {where})")
+        return EXIT_FAILURE
+    now = time.time()
+    why_not = status.not_running(found.snapshot, now)
+    if args.json:
+        data = {
+            "running": why_not is None,
+            "reason": why_not,
+            "age": round(now - float(found.snapshot["time"]), 1),
+            "path": str(found.path),
+            **found.snapshot,
+        }
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(status.render(found.snapshot, now, why_not=why_not))
+    return EXIT_OK if why_not is None else EXIT_FAILURE
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     """Probe a bus and name the known chips by their id registers."""
     from gateway.scan import format_scan, open_scan_bus, scan_bus  # noqa: PLC0415
@@ -269,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verify": cmd_verify,
         "demo": cmd_demo,
         "scan": cmd_scan,
+        "status": cmd_status,
     }
     handler = cmd_buffer_stats if args.command == "buffer" else handlers[args.command]
     try:

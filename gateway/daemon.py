@@ -29,11 +29,13 @@ from gateway.envelope import RecordTooLarge, Sealed, Sealer
 from gateway.errors import ConfigError, GatewayError
 from gateway.gpio import LedState, Pins, drive_status_led, open_pins, power_cycle
 from gateway.metrics import Counters
+from gateway.notify import Notifier
 from gateway.polling import Health, Poller
 from gateway.publisher import MqttTarget, Publisher, tls_context
 from gateway.readings import Reading
 from gateway.sensors import open_sensor
 from gateway.signing import Signer, certificate_signer, load_or_create_ed25519
+from gateway.status import StatusWriter, write_path
 from gateway.workers import Worker
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ STOP_GRACE = 10.0
 MAX_HELD = 100_000
 #: A status line with the counters goes to the log this often (seconds).
 STATUS_EVERY = 60.0
+#: STATUS= goes to the service manager this often (seconds), when it listens.
+NOTIFY_STATUS_EVERY = 5.0
 #: Until the first batch is sealed, a record is assumed to take this many bytes.
 FIRST_RECORD_ESTIMATE = 60
 
@@ -135,14 +139,17 @@ class Daemon:
         self._live_turn = False  # only touched on the buffer's worker thread
         self._clock = ClockWatch()
         self._next_settings: Settings | None = None
+        self.notifier = Notifier()
 
     # --- signals --------------------------------------------------------------------
     def request_stop(self) -> None:
         """Stop gracefully (SIGTERM, SIGINT)."""
+        self.notifier.stopping()
         self._stop.set()
 
     def request_reload(self) -> None:
         """Re-read the configuration (SIGHUP)."""
+        self.notifier.reloading()
         self._reload.set()
 
     def _install_signals(self) -> None:
@@ -156,6 +163,7 @@ class Daemon:
         """Run until stopped; a reload restarts every part on the new settings."""
         if handle_signals:
             self._install_signals()
+        notify = asyncio.create_task(self._notify_loop(), name="notify")
         try:
             while True:
                 await self._run_once()
@@ -165,6 +173,8 @@ class Daemon:
                 self.settings, self._next_settings = self._next_settings, None
                 log.info("configuration reloaded", extra={"path": str(self.settings.source)})
         finally:
+            await _cancel([notify])
+            self.notifier.close()
             self._worker.shutdown()
 
     def _accept_reload(self) -> bool:
@@ -183,12 +193,14 @@ class Daemon:
                 "reload refused: the new configuration is invalid; keeping the old one",
                 extra={"problems": err.problems},
             )
+            self.notifier.ready()  # carrying on as before
             return False
         except GatewayError as err:
             log.error(
                 "reload refused: the new configuration cannot be used; keeping the old one",
                 extra={"error": str(err)},
             )
+            self.notifier.ready()  # carrying on as before
             return False
         self._next_settings = settings
         return True
@@ -231,6 +243,13 @@ class Daemon:
             asyncio.create_task(self._commit_loop(), name="commit"),
             asyncio.create_task(self._seal_loop(), name="seal"),
             asyncio.create_task(self._status_loop(), name="status"),
+            # status.json every few seconds, and "stopped" when cancelled at a stop
+            asyncio.create_task(
+                StatusWriter(
+                    self, write_path(s), run_in_worker=self._worker.run, stopping=self._stop.is_set
+                ).run(),
+                name="status-file",
+            ),
         ]
         led = s.gpio.status_led
         if led is not None and pins is not None:
@@ -242,7 +261,7 @@ class Daemon:
                     name="status-led",
                 )
             )
-        self.ready.set()
+        self._set_ready()
         stop = asyncio.create_task(self._stop.wait())
         reload = asyncio.create_task(self._reload.wait())
         try:
@@ -568,6 +587,41 @@ class Daemon:
         while True:
             await asyncio.sleep(STATUS_EVERY)
             log.info("status", extra=self.status())
+
+    def _set_ready(self) -> None:
+        """Running: for tests and the demo (``ready``), and for systemd (READY=1)."""
+        self.ready.set()
+        self.notifier.send("READY=1", f"STATUS={self.status_line()}")
+
+    async def _notify_loop(self) -> None:
+        """WATCHDOG=1 at half the watchdog timeout, from the event loop itself (a blocked
+        loop stops the pings and systemd restarts the service), and STATUS= lines."""
+        notifier = self.notifier
+        if not notifier.enabled:
+            return
+        interval = notifier.watchdog_interval
+        tick = min(interval, NOTIFY_STATUS_EVERY) if interval else NOTIFY_STATUS_EVERY
+        last_status = time.monotonic()
+        while True:
+            if interval:
+                notifier.watchdog()
+            now = time.monotonic()
+            if now - last_status >= NOTIFY_STATUS_EVERY and self.ready.is_set():
+                notifier.status(self.status_line())
+                last_status = now
+            await asyncio.sleep(tick)
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: sensors, buffer, last acknowledged batch."""
+        sensors = [p.status.health for p in self.pollers]
+        total = len(sensors) + len(self.unavailable)
+        ok = sum(health is Health.OK for health in sensors)
+        buffered = self.buffer.count if self.buffer else 0
+        seq = self.publisher.last_acked_seq if self.publisher else None
+        return (
+            f"sensors ok {ok}/{total}, buffered {buffered}, "
+            f"last acked seq {'-' if seq is None else seq}"
+        )
 
     def status(self) -> dict[str, object]:
         """A summary for logs, the demo and ``status``."""

@@ -43,6 +43,7 @@ class SensorStatus:
     readings: int = 0
     last_error: str | None = None
     last_values: dict[str, object] = field(default_factory=dict)
+    last_units: dict[str, str | None] = field(default_factory=dict)
     last_ok: float | None = None
     power_cycles: int = 0
 
@@ -159,6 +160,7 @@ class Poller:
             stamp = now if m.time is None else round(m.time, 3)
             readings.append(Reading(self.name, m.quantity, m.unit, m.value, stamp, synced))
             self.status.last_values[m.quantity] = m.value
+            self.status.last_units[m.quantity] = m.unit
         if readings:
             self.status.readings += len(readings)
             self.status.last_ok = now
