@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "BatchSettings",
     "BufferSettings",
+    "CloudWatchSettings",
     "GpioSettings",
     "LoggingSettings",
     "MqttSettings",
@@ -415,6 +416,109 @@ class GpioSettings(_Model):
     status_led: StatusLedSettings | None = None
 
 
+_LOG_GROUP_RE = re.compile(r"^[A-Za-z0-9._/#-]{1,512}$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_IOT_REGION_RE = re.compile(r"\.iot\.([a-z]{2}(?:-[a-z]+)+-\d+)\.amazonaws\.com$")
+
+
+class CloudWatchSettings(_Model):
+    """Logs and EMF metrics shipped to CloudWatch Logs (off unless enabled)."""
+
+    enabled: bool = False
+    region: str | None = None
+    log_group: str = "/wsn-gateway"
+    log_stream: str = "{thing}"
+    endpoint_url: str | None = None
+    spool_bytes: Annotated[int, BeforeValidator(parse_size)] = Field(default=16777216, ge=65536)
+    role_alias: str | None = None
+    credentials_endpoint: str | None = None
+    metrics_namespace: str = "WsnGateway"
+    metrics_interval: float = Field(default=60.0, ge=1)
+    flush_interval: float = Field(default=5.0, gt=0, le=300)
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, value: str | None) -> str | None:
+        if value is not None and not _REGION_RE.match(value):
+            raise _invalid(f"must be an AWS region such as eu-west-1 (got {_show(value)})")
+        return value
+
+    @field_validator("log_group")
+    @classmethod
+    def _check_log_group(cls, value: str) -> str:
+        if not _LOG_GROUP_RE.match(value):
+            raise _invalid(
+                "must be 1 to 512 characters: letters, digits, '_', '-', '/', '.' and '#' "
+                f"(got {_show(value)})"
+            )
+        return value
+
+    @field_validator("log_stream")
+    @classmethod
+    def _check_log_stream(cls, value: str) -> str:
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError:
+            names = ["?"]
+        if any(name != "thing" for name in names):
+            raise _invalid(f"{{thing}} is the only placeholder (got {_show(value)})")
+        if not value or ":" in value or "*" in value or len(value) > 400:
+            raise _invalid(f"must be 1 to 400 characters without ':' or '*' (got {_show(value)})")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise _invalid(f"must be an http:// or https:// URL (got {_show(value)})")
+        return value
+
+    @field_validator("credentials_endpoint")
+    @classmethod
+    def _check_credentials_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and ("://" in value or "/" in value):
+            raise _invalid(
+                "give the host name only (optionally host:port), without scheme or path "
+                "(aws iot describe-endpoint --endpoint-type iot:CredentialProvider; "
+                f"got {_show(value)})"
+            )
+        return value
+
+    @field_validator("metrics_namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not 1 <= len(value) <= 255 or value.startswith("AWS/"):
+            raise _invalid(
+                f"must be 1 to 255 characters and not start with 'AWS/' (got {_show(value)})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> CloudWatchSettings:
+        if (self.role_alias is None) != (self.credentials_endpoint is None):
+            missing = "credentials_endpoint" if self.credentials_endpoint is None else "role_alias"
+            raise _problems(
+                [
+                    (
+                        (missing,),
+                        "role_alias and credentials_endpoint go together: set both to get "
+                        "credentials from the AWS IoT credentials provider, or neither",
+                    )
+                ]
+            )
+        return self
+
+    def region_name(self, settings: Settings) -> str | None:
+        """``region``, else the region of an AWS IoT endpoint in the settings."""
+        if self.region is not None:
+            return self.region
+        for host in (self.credentials_endpoint or "", settings.mqtt.endpoint):
+            match = _IOT_REGION_RE.search(host.split(":")[0])
+            if match:
+                return match.group(1)
+        return None
+
+
 def _driver_class(info: ValidationInfo) -> type[Driver] | None:
     """The driver of the sensor being validated, once its ``driver`` key has passed."""
     name = info.data.get("driver")
@@ -589,6 +693,9 @@ class Settings(_Model):
     signing: Annotated[SigningSettings, BeforeValidator(_none_to_empty)] = SigningSettings()
     logging: Annotated[LoggingSettings, BeforeValidator(_none_to_empty)] = LoggingSettings()
     gpio: Annotated[GpioSettings, BeforeValidator(_none_to_empty)] = GpioSettings()
+    cloudwatch: Annotated[CloudWatchSettings, BeforeValidator(_none_to_empty)] = (
+        CloudWatchSettings()
+    )
     sensors: list[SensorSettings] = Field(min_length=1)
     clock: Annotated[Literal["kernel", "assume-synced"], BeforeValidator(_lower)] = "kernel"
     source: Path | None = Field(default=None, exclude=True)
@@ -619,6 +726,15 @@ class Settings(_Model):
             if problem is not None:
                 problems.append((("mqtt", key), problem))
         problems.extend(_sensor_conflicts(self))
+        cw = self.cloudwatch
+        if cw.enabled and cw.region_name(self) is None:
+            problems.append(
+                (
+                    ("cloudwatch", "region"),
+                    "is needed: the region cannot be told from mqtt.endpoint "
+                    "(set region, e.g. eu-west-1)",
+                )
+            )
         if problems:
             raise _problems(problems)
         return self

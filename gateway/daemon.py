@@ -24,6 +24,7 @@ from typing import Any
 from gateway.buffer import Buffer, Buffered, BufferFull, is_disk_full
 from gateway.buses import Buses
 from gateway.clock import ClockWatch, clock_synchronised
+from gateway.cloudwatch import CloudWatch, for_daemon
 from gateway.config import Settings, load_settings
 from gateway.envelope import RecordTooLarge, Sealed, Sealer
 from gateway.errors import ConfigError, GatewayError
@@ -140,6 +141,7 @@ class Daemon:
         self._clock = ClockWatch()
         self._next_settings: Settings | None = None
         self.notifier = Notifier()
+        self._cloud: CloudWatch | None = None
 
     # --- signals --------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -224,6 +226,7 @@ class Daemon:
         self.publisher = Publisher(
             target, fetch=self._fetch, ack=self._acked, counters=self.counters
         )
+        self._cloud = self._start_cloudwatch(target)  # logs from here on are shipped too
         buses = Buses()
         pins = self._open_pins()
         self.pollers = self._make_pollers(buses, pins)
@@ -291,7 +294,21 @@ class Daemon:
             if pins is not None:
                 pins.close()
             await self._worker.run(buffer.close)
-            log.info("stopped", extra={"counters": self.counters.snapshot()})
+            await self._stopped()
+
+    def _start_cloudwatch(self, target: MqttTarget) -> CloudWatch | None:
+        """Logs and EMF metrics to CloudWatch Logs, when ``cloudwatch.enabled``."""
+        if not self.settings.cloudwatch.enabled:
+            return None
+        cloud = for_daemon(self, target, run_in_worker=self._worker.run)
+        cloud.start()
+        return cloud
+
+    async def _stopped(self) -> None:
+        log.info("stopped", extra={"counters": self.counters.snapshot()})
+        cloud, self._cloud = self._cloud, None
+        if cloud is not None:
+            await cloud.stop()  # the last lines go now, or wait in the spool
 
     async def _close_drivers(self) -> None:
         """Let each driver release its port or chip (a serial port's lock, say),

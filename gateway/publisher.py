@@ -19,6 +19,7 @@ import random
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,8 @@ class Publisher:
         self._client: aiomqtt.Client | None = None
         self._limiter = RateLimiter(target.messages_per_second, target.bytes_per_second)
         self._ssl = tls_context(target)  # fails at start-up, not on the first connect
+        #: Seconds from PUBLISH to PUBACK of recent batches (the metrics drain it).
+        self.latencies: deque[float] = deque(maxlen=10_000)
 
     def wake(self) -> None:
         """Tell the publisher that the outbox has new batches."""
@@ -322,8 +325,10 @@ class Publisher:
             self.counters.batches_published += 1
             self.counters.bytes_published += len(entry.payload)
             try:
+                sent = time.monotonic()
                 async with asyncio.timeout(self.target.publish_timeout):
                     await client.publish(self.target.topic, entry.payload, qos=1, timeout=math.inf)
+                self.latencies.append(time.monotonic() - sent)
             except TimeoutError as err:
                 raise aiomqtt.MqttError(
                     f"no PUBACK for batch {entry.seq} within {self.target.publish_timeout:g} s"

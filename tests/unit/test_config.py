@@ -20,6 +20,7 @@ from gateway.config import (
     DEFAULT_CONFIG_PATH,
     BatchSettings,
     BufferSettings,
+    CloudWatchSettings,
     LoggingSettings,
     MqttSettings,
     SensorSettings,
@@ -133,6 +134,7 @@ def test_example_config_shows_every_key() -> None:
         SigningSettings,
         LoggingSettings,
         SensorSettings,
+        CloudWatchSettings,
     ]
     for model in models:
         for key in model.model_fields:
@@ -145,7 +147,13 @@ def test_example_config_shows_every_key() -> None:
 def test_example_defaults_match_the_models() -> None:
     """The commented defaults in the example are the models' defaults."""
     text = EXAMPLE.read_text()
-    for model in (MqttSettings, BatchSettings, SigningSettings, LoggingSettings):
+    for model in (
+        MqttSettings,
+        BatchSettings,
+        SigningSettings,
+        LoggingSettings,
+        CloudWatchSettings,
+    ):
         for key, field in model.model_fields.items():
             if field.is_required() or key == "key_file":  # key_file's default is derived
                 continue
