@@ -98,6 +98,8 @@ class BufferStats:
     last_seq: int
 
 
+#: Bytes the WAL file is truncated to after a checkpoint.
+WAL_LIMIT = 1 << 20
 #: Seconds after a full disk before the buffer tries its configured cap again.
 DISK_RETRY = 3600.0
 
@@ -162,6 +164,8 @@ class Buffer:
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a group commit is on disk when it returns; one fsync per commit.
             self._db.execute("PRAGMA synchronous=FULL")
+            # Keep the WAL near its checkpoint size on disk; it is outside the cap.
+            self._db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
             self._db.executescript(_SCHEMA)
             self._load_series()
             with self._transaction():
@@ -180,10 +184,13 @@ class Buffer:
                 " 0) FROM readings",
                 (ROW_BYTES,),
             ).fetchone()
-            (outbox_bytes,) = self._db.execute(
+            (self._outbox_bytes,) = self._db.execute(
                 "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
             ).fetchone()
-            self._size += outbox_bytes
+            self._size += self._outbox_bytes
+            # The series index is used by every new sensor: read it through too.
+            self._db.execute("SELECT COUNT(*) FROM series INDEXED BY sqlite_autoindex_series_1")
+            self._db.execute("SELECT name, unit FROM series ORDER BY name, unit").fetchall()
         except sqlite3.DatabaseError:
             self._db.close()
             raise
@@ -199,6 +206,10 @@ class Buffer:
         """Rename the damaged file (and its WAL) so that nothing is deleted."""
         stamp = time.strftime("%Y%m%dT%H%M%S")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while Path(f"{aside}").exists():  # never overwrite an earlier damaged file
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
         for suffix in ("", "-wal", "-shm"):
             part = Path(f"{self.path}{suffix}")
             if part.exists():
@@ -273,16 +284,17 @@ class Buffer:
                 raise
         self._disk_full_at = time.monotonic()
         self._disk_cap = int(self._size * 0.9)
-        log.error(
-            "disk full: dropping the oldest readings to make room",
-            extra={"path": str(self.path), "keeping_bytes": self._disk_cap},
-        )
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # give the WAL's space back
             with self._transaction():
                 dropped, freed = self._drop_oldest(self._size - self._disk_cap)
             self._count -= dropped
             self._size -= freed
+            if dropped:
+                log.error(
+                    "disk full: dropped the oldest readings to make room",
+                    extra={"path": str(self.path), "dropped": dropped},
+                )
             return self._add(readings) + dropped
         except sqlite3.OperationalError as err:
             self._disk_cap = None  # the lower cap did not help: do not keep it
@@ -466,6 +478,7 @@ class Buffer:
             self._set("dropped_pending", self.dropped_pending - dropped)
         self._count -= len(ids)
         self._size += len(sealed.payload) - freed
+        self._outbox_bytes += len(sealed.payload)
 
     def outbox(self, *, after: int = 0, limit: int = 100) -> list[OutboxEntry]:
         """Sealed, unacknowledged batches in seq order."""
@@ -476,6 +489,11 @@ class Buffer:
                 (after, limit),
             )
         ]
+
+    @property
+    def outbox_bytes(self) -> int:
+        """Bytes of sealed batches awaiting their PUBACK."""
+        return int(self._outbox_bytes)
 
     def outbox_count(self) -> int:
         """How many sealed batches await their PUBACK."""
@@ -495,6 +513,7 @@ class Buffer:
             ).fetchone()
             self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs)  # noqa: S608
         self._size -= size
+        self._outbox_bytes -= size
         return int(count)
 
     def stats(self) -> BufferStats:

@@ -449,7 +449,7 @@ class Daemon:
         if now - self._full_logged > 60:
             self._full_logged = now
             log.error(
-                "cannot write to the buffer; holding readings in memory",
+                "disk full: cannot write to the buffer; holding readings in memory",
                 extra={"error": error, "held": len(self._pending), "lost": self._lost_in_memory},
             )
 
@@ -528,6 +528,10 @@ class Daemon:
         window = self.settings.mqtt.max_inflight
         while self._seal_due(self.buffer.count, force):
             if await self._worker.run(self.buffer.outbox_count) >= window:
+                break
+            # Sealed batches count against the cap too: sealing far ahead of a slow
+            # uplink would make the cap drop unsealed readings, the newest among them.
+            if self.buffer.outbox_bytes >= self.buffer.max_bytes // 4:
                 break
             # Age is judged here, on the event loop that owns the commit record.
             aged = self._aged()

@@ -97,17 +97,7 @@ def moved_aside_line(gateway: GatewayProcess, path: Path) -> dict[str, object] |
         "garbage",
         "truncated",
         "torn-page",
-        pytest.param(
-            "torn-series-index",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="Buffer._open reads the tables but not the indexes, so a damaged "
-                "index of the series table passes the start; the first new series then "
-                "raises sqlite3.DatabaseError (SQLITE_CORRUPT) in Buffer.add, which only "
-                "handles OperationalError: the commit task fails and the daemon exits 1 "
-                "with a traceback, on every start",
-            ),
-        ),
+        "torn-series-index",
     ],
 )
 def test_a_damaged_buffer_file_is_moved_aside_and_a_new_stream_begins(
