@@ -43,3 +43,21 @@ def make_rig(
     yield make
     for rig in rigs:
         rig.cleanup()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The suite's ledger: for every scenario, readings taken, delivered (after
+    deduplication), duplicates removed, dropped and reported, and lost (must be 0)."""
+    from .fault_harness import LEDGER  # noqa: PLC0415 - only once the suite has run
+
+    if not LEDGER:
+        return
+    columns = ["taken", "delivered", "duplicates removed", "dropped and reported", "lost"]
+    terminalreporter.section("fault suite ledger")
+    terminalreporter.write_line(f"{'scenario':<70} " + " ".join(f"{c:>12}" for c in columns))
+    for test, counts in sorted(LEDGER.items()):
+        if "taken" not in counts:
+            continue
+        name = test.split("::", 1)[-1][:70]
+        cells = " ".join(f"{counts.get(c, 0):>12,}" for c in columns)
+        terminalreporter.write_line(f"{name:<70} {cells}")

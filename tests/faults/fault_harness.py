@@ -254,7 +254,20 @@ def single_stream(report: verify.Report) -> verify.StreamSummary:
     assert stream.conflicts == 0
     assert not stream.missing
     assert not stream.broken_links
+    _entry()["batches"] = stream.unique_batches
+    _entry()["duplicates removed"] = stream.duplicates
     return stream
+
+
+# --------------------------------------------------------------------------- the ledger
+
+#: Per test: what the suite's closing summary prints (see conftest.pytest_terminal_summary).
+LEDGER: dict[str, dict[str, int]] = {}
+
+
+def _entry() -> dict[str, int]:
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+    return LEDGER.setdefault(test, {})
 
 
 # --------------------------------------------------------------------------- the drop audit
@@ -352,4 +365,9 @@ def audit_drops(
                 f"{len(older)} older readings arrived in it or later, e.g. {older[:3]}: "
                 "the dropped ones were not the oldest"
             )
+    entry = _entry()
+    entry["delivered"] = len(got.readings)
+    entry["dropped and reported"] = sum(announced.values())
+    entry["taken"] = len(got.readings) + len(missing)
+    entry["lost"] = len(missing) - sum(announced.values())
     return DropAudit(len(got.readings), missing, announced, problems)
