@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="wsn-gateway benchmarks, each against a baseline."
     )
-    parser.add_argument("--quick", action="store_true", help="a ~2 minute run with smaller sizes")
+    parser.add_argument("--quick", action="store_true", help="a ~3.5 minute run with smaller sizes")
     parser.add_argument(
         "--only", action="append", choices=sorted(BENCHES), help="run only this one (repeatable)"
     )
