@@ -94,14 +94,19 @@ class _Age:
     def add(self, count: int, at: float) -> None:
         self.commits.append([at, count])
 
-    def sealed(self, count: int) -> None:
+    def sealed(self, count: int, *, newest: bool = False) -> None:
+        """Forget ``count`` sealed readings: the oldest commits', or the newest
+        commits' when a live batch took the newest readings."""
         while count and self.commits:
-            head = self.commits[0]
+            head = self.commits[-1] if newest else self.commits[0]
             take = min(count, int(head[1]))
             head[1] -= take
             count -= take
             if head[1] <= 0:
-                self.commits.popleft()
+                if newest:
+                    self.commits.pop()
+                else:
+                    self.commits.popleft()
 
     def oldest(self) -> float | None:
         return self.commits[0][0] if self.commits else None
@@ -138,6 +143,7 @@ class Daemon:
         self._full_logged = -math.inf
         self.disk_full = False
         self._live_turn = False  # only touched on the buffer's worker thread
+        self._last_live = False  # whether the last sealed batch took the newest readings
         self._clock = ClockWatch()
         self._next_settings: Settings | None = None
         self.notifier = Notifier()
@@ -517,15 +523,28 @@ class Daemon:
                 refitted = True
                 continue
             buffer.commit_batch(sealed, (b.id for b in candidates[: sealed.count]), dropped)
+            self._last_live = live
             self._live_turn = backlog and not self._live_turn
             return sealed
         return None
+
+    def _lookahead(self) -> int:
+        """How many sealed batches may wait in the outbox: the in-flight window, but no
+        more than the rate limits let out in about two seconds, so that a fresh batch
+        never queues behind half a minute of backlog."""
+        m = self.settings.mqtt
+        window = m.max_inflight
+        if m.messages_per_second > 0:
+            window = min(window, math.ceil(2 * m.messages_per_second))
+        if m.bytes_per_second > 0:
+            window = min(window, math.ceil(2 * m.bytes_per_second / self.settings.batch.max_bytes))
+        return max(2, window)
 
     async def _seal_some(self, force: bool = False) -> int:
         """Seal while there is room in the outbox and a batch is due."""
         assert self.buffer is not None and self.publisher is not None
         made = 0
-        window = self.settings.mqtt.max_inflight
+        window = self._lookahead()
         while self._seal_due(self.buffer.count, force):
             if await self._worker.run(self.buffer.outbox_count) >= window:
                 break
@@ -547,7 +566,7 @@ class Daemon:
             made += 1
             self.counters.batches_sealed += 1
             self.counters.readings_sealed += sealed.count
-            self._age.sealed(sealed.count)
+            self._age.sealed(sealed.count, newest=self._last_live)
             self._record_bytes = len(sealed.payload) / sealed.count
             self.publisher.wake()
         return made

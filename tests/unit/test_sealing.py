@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gateway.buffer import Buffer
 from gateway.config import load_settings
-from gateway.daemon import Daemon
+from gateway.daemon import Daemon, _Age
 from gateway.envelope import Sealer
 from gateway.readings import Reading
 from gateway.signing import load_or_create_ed25519
@@ -95,3 +95,19 @@ def test_interleaving_can_be_switched_off(tmp_path: Path) -> None:
     second = daemon._seal_one(force=False)
     assert first is not None and second is not None
     assert _values(second.payload)[0] == _values(first.payload)[-1] + 1
+
+
+def test_age_record_credits_live_batches_to_the_newest_commits() -> None:
+    age = _Age()
+    age.add(100, 1.0)  # backlog
+    age.add(10, 50.0)  # fresh
+    age.sealed(10, newest=True)  # a live batch took the fresh readings
+    assert age.oldest() == 1.0 and list(age.commits) == [[1.0, 100]]
+    age.sealed(60)
+    assert list(age.commits) == [[1.0, 40]]
+
+
+def test_lookahead_follows_the_rate_limits(tmp_path: Path) -> None:
+    daemon = _daemon(tmp_path, max_bytes=128_000)
+    # AWS IoT's limits: 512 KiB/s of 128 KB batches is about 4 a second.
+    assert daemon._lookahead() == 9
