@@ -56,8 +56,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("fault suite ledger")
     terminalreporter.write_line(f"{'scenario':<70} " + " ".join(f"{c:>12}" for c in columns))
     for test, counts in sorted(LEDGER.items()):
-        if "taken" not in counts:
-            continue
+        if "taken" not in counts or "test_audit.py" in test:
+            continue  # the audit's own tests feed it made-up data on purpose
         name = test.split("::", 1)[-1][:70]
         cells = " ".join(f"{counts.get(c, 0):>12,}" for c in columns)
         terminalreporter.write_line(f"{name:<70} {cells}")
