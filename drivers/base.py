@@ -36,6 +36,7 @@ BUILTIN_DRIVERS = {
     "pms5003": "drivers.pms5003:PMS5003",
     "scd4x": "drivers.scd4x:SCD4x",
     "sht3x": "drivers.sht3x:SHT3x",
+    "thermal": "drivers.thermal:Thermal",
     "xbee": "drivers.xbee:XBee",
 }
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from gateway import __version__
+from gateway import __version__, provision_cli
 from gateway.config import Settings, default_config_path, load_settings
 from gateway.errors import ConfigError, GatewayError
 
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="configuration whose bus-sim sensors make up the simulated bus",
     )
+    provision_cli.add_parser(sub)
     p = sub.add_parser("demo", help="the whole system on this machine: no hardware, no AWS")
     p.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
     p.add_argument(
@@ -316,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": cmd_demo,
         "scan": cmd_scan,
         "status": cmd_status,
+        "provision": provision_cli.cmd_provision,
     }
     handler = cmd_buffer_stats if args.command == "buffer" else handlers[args.command]
     try:

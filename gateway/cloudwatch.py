@@ -277,15 +277,17 @@ class Shipper:
 
     def _ensure_stream(self) -> None:
         client = self._client_now()
-        for call, kwargs in (
-            (client.create_log_group, {"logGroupName": self.log_group}),
-            (
-                client.create_log_stream,
-                {"logGroupName": self.log_group, "logStreamName": self.log_stream},
-            ),
-        ):
-            with contextlib.suppress(client.exceptions.ResourceAlreadyExistsException):
-                call(**kwargs)
+        try:
+            client.create_log_group(logGroupName=self.log_group)
+        except client.exceptions.ResourceAlreadyExistsException:
+            pass
+        except client.exceptions.ClientError as err:
+            # A least-privilege role (cloud/template.yaml) may not create groups: the
+            # stack made it. If it is really missing, creating the stream says so.
+            if err.response.get("Error", {}).get("Code") != "AccessDeniedException":
+                raise
+        with contextlib.suppress(client.exceptions.ResourceAlreadyExistsException):
+            client.create_log_stream(logGroupName=self.log_group, logStreamName=self.log_stream)
         self._ready = True
 
     def _put(self, batch: list[LogEvent]) -> dict[str, int]:

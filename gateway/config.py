@@ -52,6 +52,7 @@ __all__ = [
     "MqttSettings",
     "SensorSettings",
     "Settings",
+    "ShadowSettings",
     "SigningSettings",
     "default_config_path",
     "load_settings",
@@ -75,6 +76,7 @@ _AWS_MAX_TOPIC_SLASHES = 7
 _AWS_MAX_CLIENT_ID_BYTES = 128
 _THING_RE = re.compile(r"^[a-zA-Z0-9:_-]+$")
 _SENSOR_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_SHADOW_NAME_RE = re.compile(r"^[A-Za-z0-9:_-]{1,64}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 _BASIC_INGEST_RE = re.compile(r"^\$aws/rules/([A-Za-z0-9_]+)/")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
@@ -519,6 +521,23 @@ class CloudWatchSettings(_Model):
         return None
 
 
+class ShadowSettings(_Model):
+    """Remote configuration through the AWS IoT device shadow (off unless enabled)."""
+
+    enabled: bool = False
+    name: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not _SHADOW_NAME_RE.match(value):
+            raise _invalid(
+                "must be a named shadow's name: 1 to 64 letters, digits, ':', '_' or '-' "
+                f"(null for the thing's classic shadow; got {_show(value)})"
+            )
+        return value
+
+
 def _driver_class(info: ValidationInfo) -> type[Driver] | None:
     """The driver of the sensor being validated, once its ``driver`` key has passed."""
     name = info.data.get("driver")
@@ -577,7 +596,8 @@ class SensorSettings(_Model):
             if isinstance(value, str) and value.strip().lower() == "sim":
                 return "sim"
             raise _invalid(
-                "1-Wire sensors are found in sysfs: leave bus out, or bus: sim for the simulator"
+                "sysfs sensors (1-Wire probes, thermal zones) are found in sysfs: leave bus out, "
+                "or bus: sim for the simulator"
             )
         if driver is not None and driver.bus_kind != "i2c":
             raise _invalid(f"driver {info.data['driver']!r} is not on an I2C bus: remove bus")
@@ -696,6 +716,7 @@ class Settings(_Model):
     cloudwatch: Annotated[CloudWatchSettings, BeforeValidator(_none_to_empty)] = (
         CloudWatchSettings()
     )
+    shadow: Annotated[ShadowSettings, BeforeValidator(_none_to_empty)] = ShadowSettings()
     sensors: list[SensorSettings] = Field(min_length=1)
     clock: Annotated[Literal["kernel", "assume-synced"], BeforeValidator(_lower)] = "kernel"
     source: Path | None = Field(default=None, exclude=True)

@@ -4,6 +4,11 @@ SIGTERM/SIGINT: polling stops, what is buffered is sealed and published
 within the grace period, the rest stays safely in the buffer. SIGHUP: the
 configuration is read again and every part restarted on it; buffered data
 stays where it is (a bad new configuration is logged and the old one kept).
+
+With ``shadow.enabled``, the device shadow's desired state changes poll intervals,
+batch limits and the log level in the running parts, without a restart
+(gateway/shadow.py); those remote settings apply over the file's, at start-up and
+after every reload too.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.buffer import Buffer, Buffered, BufferFull, is_disk_full
@@ -32,9 +38,17 @@ from gateway.gpio import LedState, Pins, drive_status_led, open_pins, power_cycl
 from gateway.metrics import Counters
 from gateway.notify import Notifier
 from gateway.polling import Health, Poller
-from gateway.publisher import MqttTarget, Publisher, tls_context
+from gateway.publisher import Listener, MqttTarget, Publisher, tls_context
 from gateway.readings import Reading
 from gateway.sensors import open_sensor
+from gateway.shadow import (
+    RemoteConfig,
+    ShadowAgent,
+    ShadowTopics,
+    evaluate,
+    state_path,
+    write_json_atomically,
+)
 from gateway.signing import Signer, certificate_signer, load_or_create_ed25519
 from gateway.status import StatusWriter, write_path
 from gateway.workers import Worker
@@ -122,7 +136,12 @@ class Daemon:
         counters: Counters | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
+        #: The settings in effect: the file's, with remote ones (the shadow) over them.
         self.settings = settings
+        self._file_settings = settings
+        self._next_file: Settings | None = None
+        self._remote: RemoteConfig | None = None
+        self._log_level: str = settings.logging.level  # what the command line set up
         self._overrides = overrides
         self.counters = counters or Counters()
         self.pollers: list[Poller] = []
@@ -173,12 +192,16 @@ class Daemon:
             self._install_signals()
         notify = asyncio.create_task(self._notify_loop(), name="notify")
         try:
+            # The remote settings last applied hold from the start, before any connect.
+            self.settings = self._effective(self._file_settings)
             while True:
+                self._set_log_level(self.settings.logging.level)
                 await self._run_once()
                 if self._stop.is_set():
                     return
-                assert self._next_settings is not None
+                assert self._next_settings is not None and self._next_file is not None
                 self.settings, self._next_settings = self._next_settings, None
+                self._file_settings, self._next_file = self._next_file, None
                 log.info("configuration reloaded", extra={"path": str(self.settings.source)})
         finally:
             await _cancel([notify])
@@ -210,8 +233,97 @@ class Daemon:
             )
             self.notifier.ready()  # carrying on as before
             return False
-        self._next_settings = settings
+        self._next_file = settings
+        # The remote settings apply over the new file's too (refused where they no
+        # longer fit it, e.g. a sensor that is gone).
+        self._next_settings = self._effective(settings)
         return True
+
+    # --- remote settings (the device shadow) ----------------------------------------
+    def _effective(self, settings: Settings) -> Settings:
+        """``settings`` (the file's) with the remote settings over them, when
+        ``shadow.enabled``: the desired state last applied, kept in state_dir."""
+        if not settings.shadow.enabled:
+            return settings
+        topics = ShadowTopics.of(settings.thing, settings.shadow.name)
+        path = state_path(settings)
+        remote = self._remote
+        if remote is None or remote.topics != topics or remote.path != path:
+            remote = self._remote = RemoteConfig.load(path, topics)
+        evaluation = evaluate(remote.desired, settings)
+        if evaluation.applied:
+            log.info(
+                "shadow: remote settings apply over the configuration file",
+                extra={"applied": evaluation.applied, "version": remote.version},
+            )
+        if evaluation.refused:
+            log.warning(
+                "shadow: remote settings refused",
+                extra={"refused": evaluation.refused, "version": remote.version},
+            )
+        return evaluation.settings
+
+    def _make_publisher(self, target: MqttTarget) -> tuple[Publisher, ShadowAgent | None]:
+        """The publisher of this run and, when ``shadow.enabled``, the shadow's agent that
+        listens on its connection (AWS IoT allows one connection per client id)."""
+        remote = self._remote
+        shadow = None
+        if self._file_settings.shadow.enabled and remote is not None:
+            shadow = ShadowAgent(
+                remote,
+                self._file_settings,
+                send=self._shadow_send,
+                apply=self._apply_remote,
+                persist=self._save_remote,
+            )
+        publisher = Publisher(
+            target,
+            fetch=self._fetch,
+            ack=self._acked,
+            counters=self.counters,
+            listener=None
+            if shadow is None
+            else Listener(shadow.subscriptions, shadow.message, shadow.subscribed),
+        )
+        return publisher, shadow
+
+    async def _shadow_send(self, topic: str, payload: bytes) -> None:
+        assert self.publisher is not None
+        await self.publisher.send(topic, payload)
+
+    async def _save_remote(self, path: Path, data: dict[str, Any]) -> None:
+        # Not on the buffer's worker: an fsync on a slow SD card must not delay it.
+        await asyncio.to_thread(write_json_atomically, path, data)
+
+    def _apply_remote(self, settings: Settings) -> None:
+        """Settings changed through the shadow take effect in the running parts: the
+        poll intervals, the batch limits, the log level. Nothing restarts."""
+        old, self.settings = self.settings, settings
+        intervals = {sensor.name: sensor.interval for sensor in settings.sensors}
+        for poller in self.pollers:
+            interval = intervals.get(poller.name)
+            if interval is not None and interval != poller.interval:
+                poller.set_interval(interval)
+        sealer = self._sealer
+        if settings.batch != old.batch and sealer is not None:
+            # A new sealer rather than new limits on the old one: a seal in progress on
+            # the buffer's thread goes on with the limits it started with.
+            self._sealer = Sealer(
+                thing=sealer.thing,
+                signer=sealer.signer,
+                max_bytes=settings.batch.max_bytes,
+                max_records=settings.batch.max_records,
+            )
+            self._seal_wake.set()  # smaller limits may make a batch due now
+        self._set_log_level(settings.logging.level)
+
+    def _set_log_level(self, level: str) -> None:
+        """The level of the gateway's own loggers (those gateway.logs.setup_logging sets)."""
+        if level == self._log_level:
+            return
+        for name in ("gateway", "drivers"):
+            logging.getLogger(name).setLevel(level.upper())
+        self._log_level = level
 
     async def _run_once(self) -> None:
         s = self.settings
@@ -229,9 +341,7 @@ class Daemon:
         backlog = buffer.count
         if backlog:
             self._age.add(backlog, float("-inf"))  # left from before: due at once
-        self.publisher = Publisher(
-            target, fetch=self._fetch, ack=self._acked, counters=self.counters
-        )
+        self.publisher, shadow = self._make_publisher(target)
         self._cloud = self._start_cloudwatch(target)  # logs from here on are shipped too
         buses = Buses()
         pins = self._open_pins()
@@ -259,6 +369,8 @@ class Daemon:
                 ).run(),
                 name="status-file",
             ),
+            # the device shadow, over the publisher's connection
+            *([asyncio.create_task(shadow.run(), name="shadow")] if shadow else []),
         ]
         led = s.gpio.status_led
         if led is not None and pins is not None:
@@ -568,6 +680,10 @@ class Daemon:
             self.counters.readings_sealed += sealed.count
             self._age.sealed(sealed.count, newest=self._last_live)
             self._record_bytes = len(sealed.payload) / sealed.count
+            log.debug(
+                "batch sealed",
+                extra={"seq": sealed.seq, "records": sealed.count, "bytes": len(sealed.payload)},
+            )
             self.publisher.wake()
         return made
 

@@ -5,6 +5,7 @@ that hangs or fails never delays the others."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
@@ -75,18 +76,37 @@ class Poller:
         self.power_cycle = power_cycle
         self.status = SensorStatus()
         self._needs_setup = True
+        self._rescheduled = asyncio.Event()
+
+    def set_interval(self, interval: float) -> None:
+        """Poll every ``interval`` seconds from now on, without a restart: the schedule
+        starts again from the slot of the last poll, and a wait in progress is cut
+        short (a sensor polled hourly does not wait out the old hour)."""
+        self.interval = interval
+        self._rescheduled.set()
 
     async def run(self) -> None:
         """Poll forever on a monotonic schedule: slot k is at start + k·interval, so
-        the period never drifts; slots missed by a slow read are skipped, not queued."""
+        the period never drifts; slots missed by a slow read are skipped, not queued.
+        A new interval (:meth:`set_interval`) starts a new schedule at the last slot."""
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        slot = 0
+        start, slot, interval = loop.time(), 0, self.interval
         while True:
             await self.poll_once()
-            now = loop.time()
-            slot = max(slot + 1, math.ceil((now - start) / self.interval))
-            await asyncio.sleep(start + slot * self.interval - now)
+            polled = start + slot * interval  # the slot just served
+            while True:
+                if self.interval != interval:
+                    start, slot, interval = polled, 0, self.interval
+                now = loop.time()
+                due = max(slot + 1, math.ceil((now - start) / interval))
+                self._rescheduled.clear()
+                # asyncio.timeout, not wait_for: see _attempt.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(start + due * interval - now):
+                        await self._rescheduled.wait()
+                    continue  # the interval changed: schedule again
+                slot = due
+                break
 
     async def _attempt(self) -> list[Measurement]:
         if self._needs_setup:

@@ -6,6 +6,15 @@ within the rate limits; an outbox row is deleted only after its PUBACK. When
 the connection drops, or a PUBACK does not come within ``publish_timeout``,
 the session ends and the next one republishes every unacknowledged batch from
 the outbox, as the very same bytes.
+
+AWS IoT allows one connection per client id, so whatever else the gateway says over
+MQTT (the device shadow) shares this one: a :class:`Listener` has its topics
+subscribed on every connect and receives their messages, and :meth:`Publisher.send`
+publishes its requests. Neither holds up the outbox. AWS IoT closes the connection
+of a client that subscribes or publishes where its policy does not allow it: when
+connections keep being lost while a listener's subscription or message is under way,
+the listener is left out for a while (LISTENER_STRIKES, LISTENER_PAUSE), so that a
+policy without the shadow topics cannot keep the batches from going out.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.buffer import OutboxEntry
 from gateway.errors import PublishError
@@ -38,6 +48,28 @@ AWS_ALPN = "x-amzn-mqtt-ca"
 #: per this many acknowledgements or per ACK_FLUSH_SECONDS, whichever first.
 ACK_GROUP = 50
 ACK_FLUSH_SECONDS = 0.2
+#: QoS 1 messages of :meth:`Publisher.send` that may wait at once. The client's queue
+#: has this much room beyond the outbox's in-flight window, so that they can never
+#: make a batch's publish fail for want of room.
+SEND_SLOTS = 4
+#: Connections lost in a row while a listener's SUBSCRIBE or message was waiting for
+#: its answer, after which the listener is left out for LISTENER_PAUSE seconds.
+LISTENER_STRIKES = 3
+LISTENER_PAUSE = 3600.0
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Subscriptions that share the publisher's connection.
+
+    ``topics`` are subscribed at QoS 1 on every connect, then ``subscribed`` is called;
+    every message that arrives goes to ``message(topic, payload)``. Both are called on
+    the event loop and must return at once (queue the work for a task of your own).
+    """
+
+    topics: tuple[str, ...]
+    message: Callable[[str, bytes], None]
+    subscribed: Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -188,8 +220,10 @@ class Publisher:
         fetch: Callable[[int, int], Awaitable[list[OutboxEntry]]],
         ack: Callable[[list[int]], Awaitable[int]],
         counters: Counters,
+        listener: Listener | None = None,
     ) -> None:
         self.target = target
+        self.listener = listener
         self._fetch = fetch
         self._ack = ack
         self.counters = counters
@@ -203,6 +237,12 @@ class Publisher:
         self._in_flight: set[int] = set()
         self._client: aiomqtt.Client | None = None
         self._limiter = RateLimiter(target.messages_per_second, target.bytes_per_second)
+        self._send_slots = asyncio.Semaphore(SEND_SLOTS)
+        self._sends: set[asyncio.Future[None]] = set()  # the listener's publishes under way
+        #: The listener's SUBSCRIBE and publishes on this connection still unanswered.
+        self._listener_unanswered = 0
+        self._listener_strikes = 0
+        self._listener_off_until = -math.inf  # time.monotonic()
         self._ssl = tls_context(target)  # fails at start-up, not on the first connect
         #: Seconds from PUBLISH to PUBACK of recent batches (the metrics drain it).
         self.latencies: deque[float] = deque(maxlen=10_000)
@@ -237,6 +277,7 @@ class Publisher:
                 self.connected.clear()
                 if was_connected:
                     log.warning("connection lost", extra={"error": message})
+                    self._strike_listener()
                 else:
                     self.counters.connect_failures += 1
                     if "timed out" in message or "Operation timed out" in str(err):
@@ -268,10 +309,11 @@ class Publisher:
             tls_context=self._ssl,
             timeout=t.connect_timeout,
             max_inflight_messages=t.max_inflight,
-            max_queued_outgoing_messages=t.max_inflight,
+            max_queued_outgoing_messages=t.max_inflight + SEND_SLOTS,
         )
         async with client:
             self._client = client
+            self._listener_unanswered = 0
             self.counters.connects += 1
             self.connected.set()
             self.last_error = None
@@ -288,15 +330,107 @@ class Publisher:
                     group.create_task(self._watch(client))
                     group.create_task(self._pump(client, group))
                     group.create_task(self._ack_flusher())
+                    if self.listener is not None and time.monotonic() >= self._listener_off_until:
+                        group.create_task(self._subscribe(client, self.listener))
             finally:
                 self.connected.clear()
                 self._client = None
+                for publish in list(self._sends):  # they would wait for a dead connection
+                    publish.cancel()
 
     async def _watch(self, client: aiomqtt.Client) -> None:
-        """Raises when the connection drops (aiomqtt ends message iteration then)."""
-        async for _ in client.messages:
-            pass
+        """Hands messages to the listener; raises when the connection drops (aiomqtt
+        ends message iteration then)."""
+        async for message in client.messages:
+            listener = self.listener
+            if listener is None:
+                continue
+            try:
+                listener.message(message.topic.value, bytes(message.payload))
+            except Exception as err:  # a listener's bug must not end the session
+                log.error(
+                    "a message could not be handed on",
+                    exc_info=err,
+                    extra={"topic": message.topic.value},
+                )
         raise aiomqtt.MqttError("disconnected")
+
+    def _strike_listener(self) -> None:
+        """After a lost connection: was the listener's request the likely cause?"""
+        if not self._listener_unanswered:
+            return
+        self._listener_strikes += 1
+        if self._listener_strikes < LISTENER_STRIKES:
+            return
+        self._listener_strikes = 0
+        self._listener_off_until = time.monotonic() + LISTENER_PAUSE
+        assert self.listener is not None
+        log.error(
+            f"the connection was lost {LISTENER_STRIKES} times in a row while subscribing to "
+            f"or publishing on {self.listener.topics[0].rsplit('/', 2)[0]}/...: left out "
+            f"for {LISTENER_PAUSE / 60:g} minutes so that the batches go out; check that the "
+            "certificate's policy allows these topics (AWS IoT closes the connection of a "
+            "client that subscribes or publishes where it may not)",
+            extra={"topics": list(self.listener.topics)},
+        )
+
+    async def _subscribe(self, client: aiomqtt.Client, listener: Listener) -> None:
+        """Subscribe the listener's topics on this connection. A refusal or no SUBACK is
+        logged, not fatal: the batches go on either way."""
+        topics = list(listener.topics)
+        self._listener_unanswered += 1  # until the SUBACK
+        try:
+            async with asyncio.timeout(self.target.publish_timeout):
+                granted = await client.subscribe([(topic, 1) for topic in topics], timeout=math.inf)
+        except TimeoutError:
+            log.warning(
+                f"no SUBACK within {self.target.publish_timeout:g} s",
+                extra={"topics": topics},
+            )
+            return
+        self._listener_unanswered = max(0, self._listener_unanswered - 1)
+        # MQTT 3.1.1 grants a QoS (0, 1, 2) per topic, or 0x80 for a refusal.
+        codes: list[int | ReasonCode] = list(granted)
+        refused = [
+            topic
+            for topic, code in zip(topics, codes, strict=False)
+            if (code.is_failure if isinstance(code, ReasonCode) else code >= 0x80)
+        ]
+        if refused:
+            log.error(
+                "the broker refused the subscription: check the policy of the certificate",
+                extra={"topics": refused},
+            )
+            return
+        listener.subscribed()
+
+    async def send(self, topic: str, payload: bytes) -> None:
+        """Publish one message at QoS 1 on the current connection, beside the outbox (a
+        listener's request). Raises PublishError when not connected, or when no PUBACK
+        comes within ``publish_timeout``."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise PublishError(f"not connected: {topic} not sent")
+        async with self._send_slots:
+            await self._limiter.acquire(len(payload))
+            publish = asyncio.ensure_future(client.publish(topic, payload, qos=1, timeout=math.inf))
+            self._sends.add(publish)
+            self._listener_unanswered += 1  # until the PUBACK
+            try:
+                async with asyncio.timeout(self.target.publish_timeout):
+                    await publish
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                raise PublishError(f"{topic}: the connection was lost") from None
+            except (aiomqtt.MqttError, TimeoutError) as err:
+                raise PublishError(f"{topic}: {err or type(err).__name__}") from err
+            finally:
+                self._sends.discard(publish)
+                publish.cancel()
+        self._listener_unanswered = max(0, self._listener_unanswered - 1)
+        self._listener_strikes = 0  # the policy lets the listener's messages through
 
     async def _pump(self, client: aiomqtt.Client, group: asyncio.TaskGroup) -> None:
         """Publish outbox batches in seq order, each as a task of the session's group:

@@ -56,7 +56,7 @@ OWNER=() ; [ -z "$ROOT" ] && OWNER=(-o root -g "$NAME")
 
 if [ "$VENV" = 1 ]; then
   [ -x "$OPT/bin/python" ] || python3 -m venv "$OPT"
-  "$OPT/bin/pip" install -q --upgrade "$SRC[gpio]"
+  "$OPT/bin/pip" install -q --upgrade "$SRC[gpio,aws]"
 else
   mkdir -p "$OPT/bin"
 fi

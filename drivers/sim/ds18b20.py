@@ -4,10 +4,7 @@ A temporary directory stands in for ``/sys/bus/w1/devices``: one ``28-*`` folder
 per probe with ``w1_slave`` and ``temperature`` files written exactly as the
 kernel's w1_therm driver prints them (``drivers/w1/slaves/w1_therm.c``,
 w1_slave_show and temperature_show), so the driver's real parsing runs against it.
-A regular file cannot run code when it is read, so the files are rewritten: by
-``refresh()``, and every ``interval`` seconds by a background thread unless
-``interval`` is None. Rewrites replace the file atomically, so a reader never sees
-half of one.
+The files are rewritten as ``drivers.sim.sysfs`` describes.
 
 Faults the tests and demos can switch on per probe: ``crc`` (a corrupted byte and
 ``crc=.. NO``, as older kernels print it), ``empty`` (no data, how newer
@@ -20,15 +17,12 @@ Not simulated: the 750 ms a real read blocks, and resolutions other than 12 bits
 
 from __future__ import annotations
 
-import random
 import shutil
-import tempfile
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from drivers.ds18b20 import POWER_ON_BYTE6, RAW_POWER_ON, crc8
+from drivers.sim.sysfs import SimSysfsTree, replace
 
 Fault = Literal["crc", "empty", "power_on", "zeros"]
 
@@ -99,8 +93,11 @@ class SimProbe:
     last_good: bytes | None = None
 
 
-class SimW1Tree:
+class SimW1Tree(SimSysfsTree[str, Fault, SimProbe]):
     """A directory of simulated probes; ``root`` goes where ``/sys/bus/w1/devices`` would."""
+
+    name = "w1"
+    centre, span, sigma, spread = TEMPERATURE_CENTRE, TEMPERATURE_SPAN, 0.03, 4.0
 
     def __init__(
         self,
@@ -112,96 +109,39 @@ class SimW1Tree:
         w1_slave: bool = True,
         temperature_file: bool = True,
     ) -> None:
-        self._rng = random.Random(seed)
-        self.drift = drift
+        super().__init__(seed=seed, drift=drift)
         self._w1_slave = w1_slave
         self._temperature_file = temperature_file
-        self._lock = threading.Lock()
-        self._base = Path(tempfile.mkdtemp(prefix="wsn-w1-"))
-        #: Where the probe folders are: the driver's ``context.root``.
         self.root = self._base / "devices"
         self.root.mkdir()
         # The bus master sits beside the probes in the real directory too.
         (self.root / "w1_bus_master1").mkdir()
-        self._probes: dict[str, SimProbe] = {}
         for device in devices:
             self.add(device)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if interval is not None:
-            self._thread = threading.Thread(
-                target=self._run, args=(interval,), name="sim-w1", daemon=True
-            )
-            self._thread.start()
+        self._start(interval)
 
     # --- steering ------------------------------------------------------------------------
     @property
     def devices(self) -> list[str]:
         """Ids of the probes present, sorted."""
-        with self._lock:
-            return sorted(self._probes)
+        return self._keys()
 
     def probe(self, device: str) -> SimProbe:
         """The probe ``device`` (KeyError when absent)."""
-        return self._probes[device]
+        return self._records[device]
 
     def add(self, device: str, temperature: float | None = None) -> SimProbe:
         """Plug in a probe; its temperature is seeded near the centre unless given."""
-        if temperature is None:
-            temperature = TEMPERATURE_CENTRE + self._rng.uniform(-4.0, 4.0)
+        temperature = self._temperature(temperature)
         with self._lock:
-            probe = self._probes[device] = SimProbe(device, temperature)
+            probe = self._records[device] = SimProbe(device, temperature)
             (self.root / device).mkdir(exist_ok=True)
             self._write(probe)
         return probe
 
-    def remove(self, device: str) -> None:
-        """Unplug a probe: its folder disappears, as when the kernel drops the device."""
-        with self._lock:
-            del self._probes[device]
-            shutil.rmtree(self.root / device, ignore_errors=True)
-
-    def set_temperature(self, device: str, celsius: float) -> None:
-        """Make the probe report ``celsius`` (to 1/16 °C) from now on."""
-        with self._lock:
-            probe = self._probes[device]
-            probe.temperature = celsius
-            self._write(probe)
-
-    def set_fault(self, device: str, fault: Fault | None) -> None:
-        """Make the probe show ``fault`` from now on; None heals it."""
-        with self._lock:
-            probe = self._probes[device]
-            probe.fault = fault
-            self._write(probe)
-
-    def refresh(self) -> None:
-        """One step of every probe's random walk (when drifting), then rewrite the files."""
-        with self._lock:
-            for probe in self._probes.values():
-                if self.drift:
-                    self._step(probe)
-                self._write(probe)
-
-    def close(self) -> None:
-        """Stop the rewriting thread and remove the directory; safe to call twice."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        shutil.rmtree(self._base, ignore_errors=True)
-
     # --- the files -----------------------------------------------------------------------
-    def _run(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.refresh()
-
-    def _step(self, probe: SimProbe) -> None:
-        """Mean-reverting random walk, kept within the span."""
-        value = probe.temperature + self._rng.gauss(0.0, 0.03)
-        value += 0.02 * (TEMPERATURE_CENTRE - value)
-        low, high = TEMPERATURE_CENTRE - TEMPERATURE_SPAN, TEMPERATURE_CENTRE + TEMPERATURE_SPAN
-        probe.temperature = min(max(value, low), high)
+    def _remove_files(self, device: str) -> None:
+        shutil.rmtree(self.root / device, ignore_errors=True)
 
     def _contents(self, probe: SimProbe) -> tuple[str, str]:
         """(w1_slave, temperature) texts for the probe's state and fault."""
@@ -224,17 +164,10 @@ class SimW1Tree:
         probe.last_good = good
         return render_w1_slave(good), f"{kernel_millidegrees(good)}\n"
 
-    def _write(self, probe: SimProbe) -> None:
-        folder = self.root / probe.device
-        w1_slave, temperature = self._contents(probe)
+    def _write(self, record: SimProbe) -> None:
+        folder = self.root / record.device
+        w1_slave, temperature = self._contents(record)
         if self._w1_slave:
-            _replace(folder / "w1_slave", w1_slave)
+            replace(folder / "w1_slave", w1_slave)
         if self._temperature_file:
-            _replace(folder / "temperature", temperature)
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="ascii")
-    tmp.replace(path)
+            replace(folder / "temperature", temperature)

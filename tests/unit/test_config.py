@@ -117,7 +117,8 @@ def test_example_config_loads() -> None:
     assert settings.thing == "greenhouse-gw-01"
     assert settings.mqtt.endpoint == "xxxxxxxxxxxxxx-ats.iot.eu-west-1.amazonaws.com"
     assert settings.mqtt.cert == Path("/etc/wsn-gateway/device.pem.crt")
-    bme = settings.sensors[0]
+    board, bme = settings.sensors[0], settings.sensors[1]
+    assert (board.name, board.driver, board.bus) == ("board", "thermal", None)
     assert (bme.driver, bme.bus, bme.address) == ("bme280", 1, 0x76)
     assert type(bme.options).__name__ == "BME280Options"
     assert settings.source == EXAMPLE

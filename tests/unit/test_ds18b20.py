@@ -5,9 +5,7 @@ simulated sysfs tree, and ``wsn-gateway read`` on the example configuration."""
 from __future__ import annotations
 
 import errno
-import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from sim_tree_checks import (
+    check_open_sensor_closes_tree,
+    check_rewrites_while_running,
+    check_seeded_and_closes,
+    read_example,
+)
 
 from drivers.base import DriverContext, DriverOptions, load_driver, rejection
 from drivers.ds18b20 import (
@@ -37,12 +41,8 @@ from drivers.sim.ds18b20 import (
     kernel_millidegrees,
     render_w1_slave,
 )
-from gateway.buses import Buses
-from gateway.cli import main
-from gateway.config import load_settings
 from gateway.errors import SensorError
 from gateway.readings import Measurement
-from gateway.sensors import open_sensor
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "examples" / "ds18b20.yaml"
@@ -462,30 +462,13 @@ def test_tree_files_look_like_the_kernels(tree: SimW1Tree) -> None:
 
 
 def test_tree_rewrites_the_files_while_it_runs() -> None:
-    sim = SimW1Tree(seed=5, interval=0.01)
-    try:
-        path = sim.root / A / "w1_slave"
-        first = path.read_text()
-        deadline = time.monotonic() + 5
-        while path.read_text() == first and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert path.read_text() != first
-        temperature_from_w1_slave(path.read_text())  # never half a file
-    finally:
-        sim.close()
-    assert not sim.root.exists()
-    sim.close()  # twice is fine
+    check_rewrites_while_running(
+        SimW1Tree(seed=5, interval=0.01), f"{A}/w1_slave", temperature_from_w1_slave
+    )
 
 
 def test_simulator_is_seeded_and_closes_its_tree() -> None:
-    one, two = DS18B20.simulator(0, 42), DS18B20.simulator(0, 42)
-    try:
-        assert one.probe(A).temperature == two.probe(A).temperature
-        assert one.root != two.root
-    finally:
-        one.close()
-        two.close()
-    assert not one.root.exists() and not two.root.exists()
+    check_seeded_and_closes(DS18B20.simulator, lambda tree: tree.probe(A).temperature)
 
 
 # --- options, registry, ranges ---------------------------------------------------------
@@ -533,19 +516,11 @@ def test_datasheet_range(value: float, ok: bool) -> None:
 
 
 def test_open_sensor_gives_a_simulated_tree_that_closes_with_the_buses() -> None:
-    settings = load_settings(EXAMPLE)
-    buses = Buses()
-    driver, _ = open_sensor(settings.sensors[0], buses)
-    assert isinstance(driver, DS18B20)
-    root = driver.root
-    assert (root / "28-0316a2794f0e" / "w1_slave").is_file()
-    buses.close()
-    assert not root.exists()
+    check_open_sensor_closes_tree(EXAMPLE, DS18B20, "28-0316a2794f0e/w1_slave")
 
 
 def test_read_command_on_the_example(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["read", "--config", str(EXAMPLE)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = read_example(EXAMPLE, capsys)
     assert [(r["sensor"], r["quantity"], r["unit"]) for r in lines] == [
         ("tank", "temperature", "Cel"),
         ("soil", "shallow/temperature", "Cel"),

@@ -1,11 +1,12 @@
 """config/gateway.example.yaml documents every option of every registered driver.
 
-The example's active sensors are a BME280 and the counter; every other driver has a
-commented-out sensor block after them, each under a ``# --- <title> ---`` header. These
-tests check that every option key (nested models included) appears in its driver's part
-of the example, and that each commented block, once uncommented, is a sensor entry that
-validates and sets every option, top-level ones to their defaults: the documented
-snippets cannot rot when a driver gains, renames or re-defaults an option.
+The example's active sensors are the board's own thermal zone, a BME280 and the
+counter; every other driver has a commented-out sensor block after them, each under a
+``# --- <title> ---`` header. These tests check that every option key (nested models
+included) appears in its driver's part of the example, and that each commented block,
+once uncommented, is a sensor entry that validates and sets every option, top-level ones
+to their defaults: the documented snippets cannot rot when a driver gains, renames or
+re-defaults an option.
 """
 
 from __future__ import annotations
@@ -179,10 +180,10 @@ def test_every_registered_driver_is_shown() -> None:
         assert re.search(rf"^\s*#?\s*-?\s*driver: {re.escape(name)}\b", TEXT, re.MULTILINE), name
 
 
-def test_active_sensors_stay_bme280_and_counter() -> None:
+def test_active_sensors_stay_thermal_bme280_and_counter() -> None:
     settings = load_settings(EXAMPLE)
-    assert [s.driver for s in settings.sensors] == ["bme280", "counter"]
-    assert set(BLOCKS) == set(DRIVERS) - {"bme280", "counter"}
+    assert [s.driver for s in settings.sensors] == ["thermal", "bme280", "counter"]
+    assert set(BLOCKS) == set(DRIVERS) - {"thermal", "bme280", "counter"}
 
 
 @pytest.mark.parametrize("name", DRIVERS)
