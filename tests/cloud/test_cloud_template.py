@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import silence
 
 from gateway.config import MqttSettings
+from gateway.fleet import claim_policy_document, provisioning_template_document
 
 from .conftest import TEMPLATE, load_template, resource
 
@@ -34,7 +36,7 @@ def statements(role: dict[str, Any]) -> list[dict[str, Any]]:
     """Every statement of the role's inline policies."""
     return [
         statement
-        for policy in role["Properties"]["Policies"]
+        for policy in role["Properties"].get("Policies", [])
         for statement in policy["PolicyDocument"]["Statement"]
     ]
 
@@ -199,3 +201,49 @@ def test_outputs_name_what_a_gateway_and_an_operator_need(template: dict[str, An
         "RejectsQueueUrl",
         "TelemetryRuleName",
     } <= set(template["Outputs"])
+
+
+def _substitute(value: Any, names: dict[str, str]) -> Any:
+    """Resolve the template's ``Fn::Sub`` strings with ``names`` (deeply)."""
+    if isinstance(value, dict):
+        if set(value) == {"Fn::Sub"}:
+            text = value["Fn::Sub"]
+            for name, replacement in names.items():
+                text = text.replace("${" + name + "}", replacement)
+            assert "${" not in text.replace("${iot:", ""), text
+            return text
+        return {key: _substitute(item, names) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substitute(item, names) for item in value]
+    return value
+
+
+def test_fleet_provisioning_resources_are_the_documents_the_gateway_code_makes(
+    template: dict[str, Any],
+) -> None:
+    parameters = template["Parameters"]
+    names = {
+        "AWS::Partition": "aws",
+        "AWS::Region": "eu-west-1",
+        "AWS::AccountId": "123456789012",
+        **{
+            name: str(parameters[name]["Default"])
+            for name in ("FleetTemplateName", "FleetThingPrefix", "GatewayPolicyName")
+        },
+    }
+    for name in ("FleetProvisioningRole", "FleetProvisioningTemplate", "ClaimPolicy"):
+        assert resource(template, name)["Condition"] == "WithFleetProvisioning"
+    assert parameters["FleetProvisioning"]["Default"] == "false"  # opt-in
+
+    body = _substitute(resource(template, "FleetProvisioningTemplate")["Properties"], names)
+    assert json.loads(body["TemplateBody"]) == provisioning_template_document(
+        policy_name=names["GatewayPolicyName"], thing_name_prefix=names["FleetThingPrefix"]
+    )
+    policy = _substitute(resource(template, "ClaimPolicy")["Properties"]["PolicyDocument"], names)
+    assert policy == claim_policy_document("eu-west-1", "123456789012", names["FleetTemplateName"])
+    role = resource(template, "FleetProvisioningRole")["Properties"]
+    principal = role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+    assert principal == {"Service": "iot.amazonaws.com"}
+    assert _substitute(role["ManagedPolicyArns"], names) == [
+        "arn:aws:iam::aws:policy/service-role/AWSIoTThingsRegistration"
+    ]
