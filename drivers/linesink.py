@@ -21,27 +21,22 @@ import json
 import logging
 import math
 import re
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from drivers.base import DriverContext, DriverOptions
+from drivers.base import DriverOptions
 from drivers.wsn import (
     NAME_PATTERN,
     FieldMapping,
-    LogOnce,
     NodeOptions,
-    SerialPort,
     WsnDriver,
     WsnOptions,
     check_nodes,
     duplicates,
     is_name,
     map_values,
-    open_serial,
 )
 from gateway.readings import Measurement, Value
 
@@ -326,29 +321,16 @@ class LineSinkStats:
     readings: int = 0
 
 
-class LineSink(WsnDriver):
+class LineSink(WsnDriver[LineSinkOptions]):
     """A sink node on a serial port printing ``key=value`` or JSON lines, one per message."""
 
     options_model: ClassVar[type[DriverOptions]] = LineSinkOptions
     #: ESP32 and most Arduino sketches print at 115200 baud.
     default_baudrate: ClassVar[int] = 115200
 
-    def __init__(
-        self,
-        context: DriverContext,
-        options: DriverOptions,
-        *,
-        opener: Callable[[str, int], SerialPort] = open_serial,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
-    ) -> None:
-        if not isinstance(options, LineSinkOptions):
-            raise TypeError(f"LineSink needs LineSinkOptions, got {type(options).__name__}")
-        self._opts = options
-        self._framer = LineFramer(options.max_line)
+    def _prepare(self) -> None:
+        self._framer = LineFramer(self._opts.max_line)
         self._counts = LineSinkStats()
-        self._log_once = LogOnce(log)
-        super().__init__(context, options, opener=opener, clock=clock, wall=wall)
 
     def _unknown_prefix(self) -> str:
         return f"{self._opts.node_key}-"  # node=9 -> "node-9"
@@ -403,33 +385,10 @@ class LineSink(WsnDriver):
         name = self.nodes.heard(message.node)  # only once the whole line is known good
         if name is None:
             return []
-        self._note(mapped.unknown, mapped.invalid, name)
+        self._note(mapped, name, self._counts)
         measurements = mapped.measurements(name, line.time)
         self._counts.readings += len(measurements)
         return measurements
-
-    def _note(self, unknown: list[str], invalid: list[str], node: str) -> None:
-        sensor = self.context.sensor
-        self._counts.unknown_fields += len(unknown)
-        self._counts.invalid_values += len(invalid)
-        for key in unknown:
-            self._log_once(
-                ("field", key),
-                logging.INFO,
-                f"sensor {sensor}: field {key!r} is not in fields and is ignored; logged once",
-                sensor=sensor,
-                field=key,
-            )
-        for key in invalid:
-            self._log_once(
-                ("invalid", node, key),
-                logging.WARNING,
-                f"sensor {sensor}: node {node} sent no valid value for {key!r} (nan or inf); "
-                "logged once",
-                sensor=sensor,
-                node=node,
-                field=key,
-            )
 
     def _dropped(self, reason: str, detail: str, raw: bytes) -> None:
         if reason == "invalid_utf8":

@@ -18,7 +18,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal, Protocol
+from typing import Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -416,11 +416,23 @@ def open_serial(url: str, baudrate: int) -> SerialPort:
     return port
 
 
-class WsnDriver(Driver):
+#: The options of one coordinator driver (its ``options_model``).
+OptionsT = TypeVar("OptionsT", bound=WsnOptions)
+
+
+class FieldCounts(Protocol):
+    """The counters ``WsnDriver._note`` keeps; a driver's stats dataclass has them."""
+
+    unknown_fields: int
+    invalid_values: int
+
+
+class WsnDriver(Driver, Generic[OptionsT]):
     """A coordinator on a serial port: drains what arrived, parses, reports per node.
 
-    Subclasses only turn bytes into measurements (``_feed``) and count complete
-    messages (``_messages``). ``read`` drains the port for at most ``READ_BUDGET``
+    Subclasses set ``options_model`` (their ``OptionsT``), make their parser in ``_prepare``,
+    turn bytes into measurements (``_feed``) and count complete messages
+    (``_messages``). ``read`` drains the port for at most ``READ_BUDGET``
     seconds (stopping at the first ``QUIET`` gap), stamps every message with the
     wall time its last chunk was read, and runs the missing-node check. The stamp
     is late by at most the poll interval, which is why the examples poll every
@@ -432,6 +444,7 @@ class WsnDriver(Driver):
     the wait once per (re)opening, on this sensor's own worker thread.
     """
 
+    options_model: ClassVar[type[DriverOptions]] = WsnOptions
     bus_kind: ClassVar[str] = "serial"
 
     def __init__(
@@ -444,21 +457,32 @@ class WsnDriver(Driver):
         wall: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(context, options)
-        if not isinstance(options, WsnOptions):
-            raise TypeError(f"{type(self).__name__} needs WsnOptions, got {type(options).__name__}")
+        model = self.options_model
+        if not isinstance(options, model):
+            raise TypeError(
+                f"{type(self).__name__} needs {model.__name__}, got {type(options).__name__}"
+            )
+        self._opts: OptionsT = cast("OptionsT", options)  # options_model: checked just above
         self._opener = opener
         self._wall = wall
         self._port: SerialPort | None = None
         self._fresh = False
-        self._first_wait = options.first_wait
+        self._first_wait = self._opts.first_wait
+        # Logged under the protocol's module, so that its logger level applies.
+        driver_log = logging.getLogger(type(self).__module__)
+        self._log_once = LogOnce(driver_log)
+        self._prepare()
         self.nodes = NodeTable(
             self._node_keys(),
             sensor=context.sensor,
-            unknown=options.unknown_nodes,
+            unknown=self._opts.unknown_nodes,
             unknown_prefix=self._unknown_prefix(),
             clock=clock,
-            logger=logging.getLogger(type(self).__module__),
+            logger=driver_log,
         )
+
+    def _prepare(self) -> None:
+        """Make the protocol's parser and counters (``self._opts`` is set by now)."""
 
     def _unknown_prefix(self) -> str:
         """Prefix of the generated name of an unknown node (``unknown_nodes: publish``)."""
@@ -550,3 +574,27 @@ class WsnDriver(Driver):
         if not data:
             return None
         return self._feed(data, self._wall())
+
+    def _note(self, mapped: Mapped, node: str, counts: FieldCounts) -> None:
+        """Count a message's unmapped fields and non-readings; log each kind once."""
+        sensor = self.context.sensor
+        counts.unknown_fields += len(mapped.unknown)
+        counts.invalid_values += len(mapped.invalid)
+        for key in mapped.unknown:
+            self._log_once(
+                ("field", key),
+                logging.INFO,
+                f"sensor {sensor}: field {key!r} is not in fields and is ignored; logged once",
+                sensor=sensor,
+                field=key,
+            )
+        for key in mapped.invalid:
+            self._log_once(
+                ("invalid", node, key),
+                logging.WARNING,
+                f"sensor {sensor}: node {node} sent no valid value for {key!r} (nan or inf); "
+                "logged once",
+                sensor=sensor,
+                node=node,
+                field=key,
+            )

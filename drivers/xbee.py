@@ -23,39 +23,32 @@ from __future__ import annotations
 import enum
 import logging
 import re
-import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from drivers.base import DriverContext, DriverOptions
+from drivers.base import DriverOptions
 from drivers.linesink import LineError, parse_line
 from drivers.wsn import (
     NAME_PATTERN,
     FieldMapping,
-    LogOnce,
     Mapped,
     NodeOptions,
     Number,
     OptionsModel,
-    SerialPort,
     WsnDriver,
     WsnOptions,
     check_nodes,
     duplicates,
     map_values,
     measurement,
-    open_serial,
 )
 from gateway.readings import Measurement, Value
 
 if TYPE_CHECKING:
     from drivers.sim.xbee import SimXBeeCoordinator
-
-log = logging.getLogger(__name__)
 
 # --- framing ([ZB] "API operation"; [S2C] "API frame format") ------------------------------
 
@@ -496,7 +489,7 @@ class XBeeStats:
     readings: int = 0
 
 
-class XBee(WsnDriver):
+class XBee(WsnDriver[XBeeOptions]):
     """A Digi XBee coordinator (Zigbee or 802.15.4 firmware) in API mode 1 or 2.
 
     Reports text payloads of remote nodes (0x90/0x91 frames, decoded like LineSink
@@ -508,22 +501,9 @@ class XBee(WsnDriver):
     #: BD=3, 9600 baud, is the XBee factory default [S2C, BD command].
     default_baudrate: ClassVar[int] = 9600
 
-    def __init__(
-        self,
-        context: DriverContext,
-        options: DriverOptions,
-        *,
-        opener: Callable[[str, int], SerialPort] = open_serial,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
-    ) -> None:
-        if not isinstance(options, XBeeOptions):
-            raise TypeError(f"XBee needs XBeeOptions, got {type(options).__name__}")
-        self._opts = options
-        self._parser = FrameParser(options.api_mode)
+    def _prepare(self) -> None:
+        self._parser = FrameParser(self._opts.api_mode)
         self._counts = XBeeStats()
-        self._log_once = LogOnce(log)
-        super().__init__(context, options, opener=opener, clock=clock, wall=wall)
 
     def _node_keys(self) -> list[tuple[str, NodeOptions]]:
         return [(node.address, node) for node in self._opts.nodes]
@@ -617,31 +597,9 @@ class XBee(WsnDriver):
             return []
         out: list[Measurement] = []
         for each in mapped:
-            self._note(each, name)
+            self._note(each, name, self._counts)
             out += each.measurements(name, at)
         return out
-
-    def _note(self, mapped: Mapped, node: str) -> None:
-        sensor = self.context.sensor
-        self._counts.unknown_fields += len(mapped.unknown)
-        self._counts.invalid_values += len(mapped.invalid)
-        for key in mapped.unknown:
-            self._log_once(
-                ("field", key),
-                logging.INFO,
-                f"sensor {sensor}: field {key!r} is not in fields and is ignored; logged once",
-                sensor=sensor,
-                field=key,
-            )
-        for key in mapped.invalid:
-            self._log_once(
-                ("invalid", node, key),
-                logging.WARNING,
-                f"sensor {sensor}: node {node} sent no valid value for {key!r}; logged once",
-                sensor=sensor,
-                node=node,
-                field=key,
-            )
 
     def _sample(self, sample: IoSample, at: float) -> list[Measurement]:
         name = self.nodes.heard(sample.source64)

@@ -4,18 +4,19 @@ It is a ``SerialDevice`` for ``drivers.sim.pty.PtyDevice``: the real LineSink
 driver reads it through pyserial. The nodes are those of
 ``config/examples/linesink.yaml``: two print key=value lines, two JSON lines,
 all with ``\\r\\n`` endings as Arduino's ``Serial.println`` writes them. At start
-it prints what an ESP32's boot ROM prints, which the driver must drop.
-Everything random comes from one seeded generator, so a run repeats exactly.
+it prints what an ESP32's boot ROM prints, which the driver must drop. The nodes'
+schedule and weather come from ``drivers.sim.wsn_nodes``, shared with the XBee
+simulator; everything random comes from one seeded generator, so a run repeats exactly.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from drivers.sim.wsn_nodes import SimNodeState, SimWsnCoordinator, key_values, readings
 
 LineKind = Literal["kv", "json"]
 
@@ -42,20 +43,10 @@ EXAMPLE_NODES: tuple[SimSinkNode, ...] = (
 )
 
 
-@dataclass
-class _NodeState:
-    node: SimSinkNode
-    period: float
-    phase: float
-    temperature: float
-    humidity: float
-    battery: float
-    next_due: float | None = None
-    silent: bool = False
-    sent: int = 0
+_NodeState = SimNodeState[SimSinkNode]
 
 
-class SimLineSink:
+class SimLineSink(SimWsnCoordinator[SimSinkNode, _NodeState]):
     """A sink printing ``node=1;t=21.50;h=45.2;bat=3.91`` and JSON lines for its nodes.
 
     ``period``: seconds between two lines of one node. ``garbage``: probability
@@ -77,101 +68,38 @@ class SimLineSink:
         separator: str = ";",
         node_key: str = "node",
     ) -> None:
-        self.garbage = garbage
-        self.corrupt = corrupt
+        self.banner = banner
         self.separator = separator
         self.node_key = node_key
-        self.received = bytearray()
-        self.corrupted = 0
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()
-        self._start: float | None = None
-        self._pending = bytearray(BOOT_BANNER if banner else b"")
-        count = max(1, len(nodes))
-        self._nodes = [
-            _NodeState(
-                node=node,
-                period=period * self._rng.uniform(0.97, 1.03),
-                phase=period * (index + self._rng.random() * 0.5) / count,
-                temperature=self._rng.uniform(12.0, 24.0),
-                humidity=self._rng.uniform(40.0, 70.0),
-                battery=self._rng.uniform(3.6, 4.1),
-            )
-            for index, node in enumerate(nodes)
-        ]
+        super().__init__(seed=seed, period=period, nodes=nodes, garbage=garbage, corrupt=corrupt)
 
-    def _find(self, node: str) -> _NodeState:
-        for state in self._nodes:
-            if state.node.id == str(node):
-                return state
-        raise KeyError(f"no simulated node {node!r}")
+    def _greeting(self) -> bytes:
+        """What an ESP32's boot ROM prints, which the driver must drop."""
+        return BOOT_BANNER if self.banner else b""
 
-    def silence(self, node: str) -> None:
-        """Stop node ``node`` from sending until ``resume``."""
-        with self._lock:
-            self._find(node).silent = True
+    def _new_state(self, node: SimSinkNode) -> _NodeState:
+        return _NodeState(node)
 
-    def resume(self, node: str) -> None:
-        """Let a silenced node send again (at once)."""
-        with self._lock:
-            state = self._find(node)
-            state.silent = False
-            state.next_due = None
-
-    def sent(self, node: str) -> int:
-        """How many lines ``node`` has sent."""
-        with self._lock:
-            return self._find(node).sent
-
-    def receive(self, data: bytes) -> None:
-        """Host bytes; a sink only talks, so they are kept and ignored."""
-        with self._lock:
-            self.received += data
-
-    def transmit(self, now: float) -> bytes:
-        """The lines of every node due at ``now`` (monotonic seconds)."""
-        with self._lock:
-            if self._start is None:
-                self._start = now
-            out = bytes(self._pending)
-            self._pending.clear()
-            for state in self._nodes:
-                if state.next_due is None:
-                    state.next_due = (
-                        self._start + state.phase if state.sent == 0 and not state.silent else now
-                    )
-                if now < state.next_due:
-                    continue
-                state.next_due = max(state.next_due + state.period, now)
-                if state.silent:
-                    continue
-                out += self._noise() + self.line(state.node.id)
-            return out
+    def _is_named(self, node: SimSinkNode, name: str) -> bool:
+        return node.id == str(name)
 
     def line(self, node: str) -> bytes:
         """One message of ``node``, line ending included (the weather moves on a step)."""
-        state = self._find(node)
-        rng = self._rng
-        state.temperature = min(35.0, max(5.0, state.temperature + rng.gauss(0.0, 0.05)))
-        state.humidity = min(95.0, max(20.0, state.humidity + rng.gauss(0.0, 0.2)))
-        state.battery = max(3.3, state.battery - rng.uniform(0.0, 0.0005))
-        state.sent += 1
-        t, h, bat = round(state.temperature, 2), round(state.humidity, 1), round(state.battery, 2)
+        return self._report(self._find(node))
+
+    def _encode(self, state: _NodeState) -> bytes:
+        node, values = state.node.id, readings(state)
         if state.node.kind == "json":
             node_id: int | str = int(node) if node.isdigit() else node
-            text = json.dumps({self.node_key: node_id, "t": t, "h": h, "bat": bat})
+            text = json.dumps({self.node_key: node_id} | values)
         else:
-            sep = self.separator
-            text = f"{self.node_key}={node}{sep}t={t:.2f}{sep}h={h:.1f}{sep}bat={bat:.2f}"
+            text = f"{self.node_key}={node}{self.separator}" + key_values(values, self.separator)
         raw = bytearray(text.encode())
-        if self.corrupt and rng.random() < self.corrupt:
-            self.corrupted += 1
-            raw[rng.randrange(len(raw))] = 0xFF  # never valid in UTF-8
+        if self._corrupting():
+            raw[self._rng.randrange(len(raw))] = 0xFF  # never valid in UTF-8
         return bytes(raw) + b"\r\n"
 
-    def _noise(self) -> bytes:
-        if not self.garbage or self._rng.random() >= self.garbage:
-            return b""
+    def _garbage(self) -> bytes:
         size = self._rng.randrange(1, 40)
         noise = bytes(self._rng.choice(range(256)) for _ in range(size)).replace(b"\n", b"")
         return noise + b"\r\n"

@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,19 @@ import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from wsn_checks import (
+    FakeClock,
+    check_cli_read,
+    check_driver_class,
+    check_silenced_node_goes_missing_and_comes_back,
+    loop_drivers,
+    loop_port,
+    nodes_of,
+    read_until,
+    sensor_options,
+)
 
-from drivers.base import DriverContext, DriverOptions, load_driver
+from drivers.base import DriverContext
 from drivers.linesink import (
     LineError,
     LineFramer,
@@ -28,8 +39,6 @@ from drivers.linesink import (
 )
 from drivers.sim.linesink import BOOT_BANNER, EXAMPLE_NODES, SimLineSink, SimSinkNode
 from drivers.sim.pty import PtyDevice
-from gateway.cli import main
-from gateway.config import load_settings
 from gateway.readings import Measurement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,45 +226,20 @@ def test_options_refuse_what_cannot_work(change: dict[str, object], message: str
 
 
 def test_registry_and_class_attributes() -> None:
-    assert load_driver("linesink") is LineSink
-    assert LineSink.bus_kind == "serial"
-    assert LineSink.default_baudrate == 115200
     assert LineSink.options_model is LineSinkOptions
-    assert isinstance(LineSink.simulator(0, seed=3), SimLineSink)
-    with pytest.raises(TypeError, match="LineSinkOptions"):
-        LineSink(DriverContext("sink", port="loop://"), DriverOptions())
+    check_driver_class(LineSink, "linesink", 115200, SimLineSink)
 
 
 # --- the driver against pyserial's loop:// port ---------------------------------------------
 
 
-class FakeClock:
-    """Monotonic seconds that move only when told."""
-
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def loop() -> Iterator[serial.SerialBase]:
-    port = serial.serial_for_url("loop://", timeout=0.02)
-    yield port
-    port.close()
+    with loop_port() as port:
+        yield port
 
 
-def make_driver(
-    port: serial.SerialBase, clock: Callable[[], float] | None = None, **overrides: object
-) -> LineSink:
-    return LineSink(
-        DriverContext("sink", port="loop://", baudrate=115200),
-        options(**overrides),
-        opener=lambda url, baudrate: port,
-        clock=clock or FakeClock(),
-        wall=lambda: WALL,
-    )
+make_driver = loop_drivers(LineSink, options, sensor="sink", baudrate=115200, wall=WALL)
 
 
 def table(measurements: list[Measurement]) -> list[tuple[str, str | None, object]]:
@@ -407,14 +391,11 @@ def test_framer_never_raises_and_never_passes_an_overlong_line(
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.binary(max_size=80), max_size=5))
 def test_arbitrary_bytes_through_the_driver_never_raise(chunks: list[bytes]) -> None:
-    port = serial.serial_for_url("loop://", timeout=0.02)
-    try:
+    with loop_port() as port:
         driver = make_driver(port, unknown_nodes="publish", max_line=64)
         port.write(b"".join(chunks))
         for m in driver.read():
             assert isinstance(m.value, bool) or math.isfinite(float(m.value))
-    finally:
-        port.close()
 
 
 node_ids = st.sampled_from(["1", "7"])
@@ -440,13 +421,10 @@ def test_valid_lines_in_garbage_are_all_recovered_in_order(
     stream = b"".join(
         noise + b"\n" + valid_line(node, t, as_json) + b"\r\n" for noise, node, t, as_json in parts
     )
-    port = serial.serial_for_url("loop://", timeout=0.02)
-    try:
+    with loop_port() as port:
         driver = make_driver(port)
         port.write(stream)
         got = [(m.quantity.split("/")[0], m.value) for m in driver.read()]
-    finally:
-        port.close()
     names = {"1": "kitchen", "7": "attic"}
     expected = [(names[node], t) for _, node, t, _ in parts]
     remaining = iter(got)  # noise may parse by chance: look for a subsequence
@@ -462,42 +440,22 @@ def test_a_corrupted_line_never_yields_a_reading(
     index = data.draw(st.integers(0, len(line) - 1))
     # What a UART makes of a bit error or a brown-out: a byte no sink prints.
     line[index] = data.draw(st.sampled_from([0x00, 0x07, 0x1B, 0x7F, 0xFF, 0xC0, 0x80]))
-    port = serial.serial_for_url("loop://", timeout=0.02)
-    try:
+    with loop_port() as port:
         driver = make_driver(port)
         port.write(bytes(line) + b"\n")
         assert driver.read() == []
         assert driver.stats["dropped_lines"] == 1
-    finally:
-        port.close()
 
 
 # --- end to end: the simulator behind a real pseudo-terminal --------------------------------
 
 
 def example_options(**overrides: object) -> LineSinkOptions:
-    data = load_settings(EXAMPLE).sensors[0].options.model_dump()
-    data.update(overrides)
-    return LineSinkOptions.model_validate(data)
+    return sensor_options(LineSinkOptions, EXAMPLE, **overrides)
 
 
 def test_simulated_nodes_are_those_of_the_example_config() -> None:
     assert {n.id for n in example_options().nodes} == {n.id for n in EXAMPLE_NODES}
-
-
-def read_until(
-    driver: LineSink, done: Callable[[list[Measurement]], bool], limit: float = 4.0
-) -> list[Measurement]:
-    got: list[Measurement] = []
-    deadline = time.monotonic() + limit
-    while not done(got) and time.monotonic() < deadline:
-        got += driver.read()
-        time.sleep(0.05)
-    return got
-
-
-def nodes_of(measurements: list[Measurement]) -> set[str]:
-    return {m.quantity.split("/")[0] for m in measurements}
 
 
 def test_end_to_end_through_a_pty_with_noise_and_corruption() -> None:
@@ -521,39 +479,23 @@ def test_end_to_end_through_a_pty_with_noise_and_corruption() -> None:
 
 
 def test_silenced_node_goes_missing_and_comes_back(caplog: pytest.LogCaptureFixture) -> None:
+    def open_driver(path: str, clock: FakeClock) -> LineSink:
+        return LineSink(
+            DriverContext("sink", port=path), example_options(first_wait=1.0), clock=clock
+        )
+
     sim = SimLineSink(seed=2, period=0.1, banner=False)
-    device = PtyDevice(sim, tick=0.01)
-    clock = FakeClock()
-    driver = LineSink(
-        DriverContext("sink", port=device.path), example_options(first_wait=1.0), clock=clock
-    )
-    try:
-        with caplog.at_level(logging.INFO, logger="drivers"):
-            read_until(driver, lambda g: "shed" in nodes_of(g))
-            sim.silence("4")
-            time.sleep(0.15)
-            driver.read()
-            clock.now += 301
-            got = read_until(driver, lambda g: len(nodes_of(g)) == 3, limit=2.0)
-            assert "shed" not in nodes_of(got) and driver.nodes.missing == {"shed"}
-            sim.resume("4")
-            read_until(driver, lambda g: "shed" in nodes_of(g))
-    finally:
-        driver.close()
-        device.close()
-    shed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("node shed")]
-    assert len(shed) == 2 and "missing" in shed[0] and "is back" in shed[1]
+    check_silenced_node_goes_missing_and_comes_back(sim, open_driver, "4", "shed", caplog)
 
 
 def test_cli_read_prints_node_quantities(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["read", "--config", str(EXAMPLE)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines, "the first read waits for a first line"
-    for reading in lines:
-        assert reading["sensor"] == "sink"
-        node, quantity = reading["quantity"].split("/")
-        assert node in {"kitchen", "attic", "garage", "shed"}
-        assert quantity in {"temperature", "humidity", "battery"}
+    check_cli_read(
+        EXAMPLE,
+        capsys,
+        sensor="sink",
+        nodes={"kitchen", "attic", "garage", "shed"},
+        quantities={"temperature", "humidity", "battery"},
+    )
 
 
 def test_sim_is_seeded_prints_both_formats_and_obeys_silence() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from pydantic import ValidationError
+from wsn_checks import FakeClock
 
 from drivers.base import DriverContext, DriverOptions
 from drivers.wsn import (
@@ -30,16 +31,6 @@ from drivers.wsn import (
 )
 from gateway.errors import SensorError
 from gateway.readings import Measurement
-
-
-class FakeClock:
-    """Monotonic seconds that move only when told."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def node(name: str, missing_after: float = 300.0) -> NodeOptions:
@@ -284,14 +275,13 @@ class ScriptedPort:
         self.closed = True
 
 
-class Lines(WsnDriver):
+class Lines(WsnDriver[WsnOptions]):
     """The smallest coordinator: each line ``id:value`` is a message of node ``id``."""
 
-    def __init__(self, context: DriverContext, options: DriverOptions, **kwargs: object) -> None:
+    def _prepare(self) -> None:
         self.buffer = b""
         self.count = 0
         self.resets = 0
-        super().__init__(context, options, **kwargs)  # type: ignore[arg-type]
 
     def _node_keys(self) -> list[tuple[str, NodeOptions]]:
         return [("1", node("one", 10))]

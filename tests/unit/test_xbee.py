@@ -17,10 +17,9 @@ Documents cited (Digi International):
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,8 +27,19 @@ import serial
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from wsn_checks import (
+    FakeClock,
+    check_cli_read,
+    check_driver_class,
+    check_silenced_node_goes_missing_and_comes_back,
+    loop_drivers,
+    loop_port,
+    nodes_of,
+    read_until,
+    sensor_options,
+)
 
-from drivers.base import DriverContext, load_driver
+from drivers.base import DriverContext
 from drivers.sim.pty import PtyDevice
 from drivers.sim.xbee import EXAMPLE_NODES, SimNode, SimXBeeCoordinator
 from drivers.xbee import (
@@ -48,7 +58,6 @@ from drivers.xbee import (
     escape,
 )
 from gateway.cli import main
-from gateway.config import load_settings
 from gateway.readings import Measurement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +91,7 @@ DIGI_IO_SAMPLE_900HP = bytes.fromhex("7E001492" + "0013A20040522BAAFFFE" + "0101
 
 GREENHOUSE = "0013A20041A7B101"
 GATE = "0013A20041A7B105"
+WALL = 1_700_000_000.0
 
 
 def body(frame: bytes) -> bytes:
@@ -422,16 +432,13 @@ def test_a_corrupted_frame_never_yields_a_reading(index: int, delta: int, api_mo
     raw = bytearray(data + bytes((checksum(data),)))
     raw[index % len(raw)] ^= delta
     framed = len(data).to_bytes(2, "big") + bytes(raw)
-    port = serial.serial_for_url("loop://", timeout=0.02)
-    try:
+    with loop_port() as port:
         driver = make_driver(port, api_mode=api_mode)
         port.write(bytes((START,)) + (escape(framed) if api_mode == 2 else framed))
         assert driver.read() == []
         # At least one bad frame: a byte changed into 0x7E starts a second (bad) one.
         assert driver.stats["bad_checksum"] + driver.stats["bad_frames"] >= 1
         assert driver.stats["frames_ok"] == 0
-    finally:
-        port.close()
 
 
 # --- options -----------------------------------------------------------------------------
@@ -524,11 +531,8 @@ def test_unknown_nodes_publish_needs_no_node_list() -> None:
 
 
 def test_registry_and_class_attributes() -> None:
-    assert load_driver("xbee") is XBee
-    assert XBee.bus_kind == "serial"
-    assert XBee.default_baudrate == 9600
     assert XBee.options_model is XBeeOptions
-    assert isinstance(XBee.simulator(0, seed=3), SimXBeeCoordinator)
+    check_driver_class(XBee, "xbee", 9600, SimXBeeCoordinator)
 
 
 def test_wrong_options_type_is_refused() -> None:
@@ -541,33 +545,13 @@ def test_wrong_options_type_is_refused() -> None:
 # --- the driver against pyserial's loop:// port -----------------------------------------
 
 
-class FakeClock:
-    """Monotonic seconds that move only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def loop() -> Iterator[serial.SerialBase]:
-    port = serial.serial_for_url("loop://", timeout=0.02)
-    yield port
-    port.close()
+    with loop_port() as port:
+        yield port
 
 
-def make_driver(
-    port: serial.SerialBase, clock: Callable[[], float] | None = None, **overrides: object
-) -> XBee:
-    return XBee(
-        DriverContext("wsn", port="loop://", baudrate=9600),
-        options(**overrides),
-        opener=lambda url, baudrate: port,
-        clock=clock or FakeClock(),
-        wall=lambda: 1_700_000_000.0,
-    )
+make_driver = loop_drivers(XBee, options, sensor="wsn", baudrate=9600, wall=WALL)
 
 
 def by_quantity(measurements: list[Measurement]) -> dict[str, object]:
@@ -579,8 +563,8 @@ def test_text_payloads_become_node_quantities(loop: serial.SerialBase) -> None:
     loop.write(encode_frame(rx_data(GREENHOUSE, b"t=21.5;h=402\r\n")))
     got = driver.read()
     assert [(m.quantity, m.unit, m.value, m.time) for m in got] == [
-        ("greenhouse/temperature", "Cel", 21.5, 1_700_000_000.0),
-        ("greenhouse/humidity", "%RH", pytest.approx(40.2), 1_700_000_000.0),
+        ("greenhouse/temperature", "Cel", 21.5, WALL),
+        ("greenhouse/humidity", "%RH", pytest.approx(40.2), WALL),
     ]
     assert driver.read() == []  # nothing new
     assert driver.stats["frames_ok"] == 1 and driver.stats["readings"] == 2
@@ -722,30 +706,12 @@ def test_first_read_is_not_satisfied_by_the_coordinators_own_frames(
 
 
 def example_options(**overrides: object) -> XBeeOptions:
-    settings_ = load_settings(EXAMPLE)
-    data = settings_.sensors[0].options.model_dump()
-    data.update(overrides)
-    return XBeeOptions.model_validate(data)
+    return sensor_options(XBeeOptions, EXAMPLE, **overrides)
 
 
 def test_simulated_nodes_are_those_of_the_example_config() -> None:
     configured = {(n.address, n.name) for n in example_options().nodes}
     assert configured == {(n.address, n.label) for n in EXAMPLE_NODES}
-
-
-def read_until(
-    driver: XBee, done: Callable[[list[Measurement]], bool], limit: float = 4.0
-) -> list[Measurement]:
-    got: list[Measurement] = []
-    deadline = time.monotonic() + limit
-    while not done(got) and time.monotonic() < deadline:
-        got += driver.read()
-        time.sleep(0.05)
-    return got
-
-
-def nodes_of(measurements: list[Measurement]) -> set[str]:
-    return {m.quantity.split("/")[0] for m in measurements}
 
 
 @pytest.mark.parametrize("api_mode", [1, 2])
@@ -803,33 +769,12 @@ def test_end_to_end_with_noise_and_corruption() -> None:
 
 
 def test_silenced_node_goes_missing_and_comes_back(caplog: pytest.LogCaptureFixture) -> None:
+    def open_driver(path: str, clock: FakeClock) -> XBee:
+        context = DriverContext("wsn", port=path, baudrate=9600)
+        return XBee(context, example_options(first_wait=1.0), clock=clock)
+
     sim = SimXBeeCoordinator(seed=5, period=0.1)
-    device = PtyDevice(sim, tick=0.01)
-    clock = FakeClock()
-    driver = XBee(
-        DriverContext("wsn", port=device.path, baudrate=9600),
-        example_options(first_wait=1.0),
-        clock=clock,
-    )
-    try:
-        with caplog.at_level(logging.INFO, logger="drivers"):
-            read_until(driver, lambda g: "gate" in nodes_of(g))
-            sim.silence("gate")
-            time.sleep(0.15)
-            driver.read()  # whatever gate sent before the silence
-            clock.now += 301
-            got = read_until(driver, lambda g: len(nodes_of(g)) == 4, limit=2.0)
-            assert "gate" not in nodes_of(got)
-            assert driver.nodes.missing == {"gate"}
-            sim.resume("gate")
-            read_until(driver, lambda g: "gate" in nodes_of(g))
-    finally:
-        driver.close()
-        device.close()
-    messages = [r.getMessage() for r in caplog.records]
-    assert len([m for m in messages if m.startswith("node gate") and "missing" in m]) == 1
-    assert len([m for m in messages if m.startswith("node gate") and "is back" in m]) == 1
-    assert driver.nodes.missing == frozenset()
+    check_silenced_node_goes_missing_and_comes_back(sim, open_driver, "gate", "gate", caplog)
 
 
 def test_reopening_after_the_port_vanished() -> None:
@@ -846,15 +791,13 @@ def test_reopening_after_the_port_vanished() -> None:
 
 
 def test_cli_read_prints_node_quantities(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["read", "--config", str(EXAMPLE)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines, "the first read waits for a first frame"
-    example_nodes = {n.label for n in EXAMPLE_NODES}
-    for reading in lines:
-        assert reading["sensor"] == "wsn"
-        node, quantity = reading["quantity"].split("/")
-        assert node in example_nodes
-        assert quantity in {"temperature", "humidity", "battery", "air_temperature", "door_open"}
+    check_cli_read(
+        EXAMPLE,
+        capsys,
+        sensor="wsn",
+        nodes={n.label for n in EXAMPLE_NODES},
+        quantities={"temperature", "humidity", "battery", "air_temperature", "door_open"},
+    )
 
 
 def test_cli_check_config_accepts_the_example(capsys: pytest.CaptureFixture[str]) -> None:
