@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(b)
     b.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser(
-        "status", help="what the running daemon is doing: connection, sensors, buffer"
+        "status", help="what the running daemon is doing: connection, sensors, buffer, shadow"
     )
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="the status snapshot as JSON")

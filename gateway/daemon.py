@@ -147,6 +147,8 @@ class Daemon:
         self.pollers: list[Poller] = []
         self.unavailable: dict[str, str] = {}
         self.publisher: Publisher | None = None
+        #: The device shadow's agent of this run (None unless ``shadow.enabled``).
+        self.shadow: ShadowAgent | None = None
         self.buffer: Buffer | None = None
         self.ready = asyncio.Event()
         self._worker = Worker("buffer")
@@ -341,7 +343,7 @@ class Daemon:
         backlog = buffer.count
         if backlog:
             self._age.add(backlog, float("-inf"))  # left from before: due at once
-        self.publisher, shadow = self._make_publisher(target)
+        self.publisher, self.shadow = self._make_publisher(target)
         self._cloud = self._start_cloudwatch(target)  # logs from here on are shipped too
         buses = Buses()
         pins = self._open_pins()
@@ -370,7 +372,7 @@ class Daemon:
                 name="status-file",
             ),
             # the device shadow, over the publisher's connection
-            *([asyncio.create_task(shadow.run(), name="shadow")] if shadow else []),
+            *([asyncio.create_task(self.shadow.run(), name="shadow")] if self.shadow else []),
         ]
         led = s.gpio.status_led
         if led is not None and pins is not None:

@@ -252,6 +252,11 @@ class Publisher:
         self._wake.set()
 
     @property
+    def listener_off_until(self) -> float:
+        """Until when (time.monotonic()) the listener is left out; -inf when it is not."""
+        return self._listener_off_until
+
+    @property
     def in_flight(self) -> int:
         """Batches sent and not yet acknowledged."""
         return len(self._in_flight)

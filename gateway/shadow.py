@@ -446,6 +446,9 @@ class RemoteConfig:
         self.dirty = False
         #: Keys of the log lines written once per process.
         self.said: set[str] = set()
+        #: When the desired state last changed (UNIX seconds), kept in the file too.
+        #: For ``status``.
+        self.applied_time: float | None = None
         self._floor: int | None = None  # the version applied on this connection
 
     @classmethod
@@ -479,6 +482,9 @@ class RemoteConfig:
         desired = data.get("desired")
         remote.desired = merge_patch({}, desired) if isinstance(desired, Mapping) else {}
         remote.version = _version(data)
+        changed = data.get("changed", data.get("saved"))  # "saved": an older file
+        if isinstance(changed, int | float) and not isinstance(changed, bool):
+            remote.applied_time = float(changed)
         return remote
 
     def snapshot(self, evaluation: Evaluation) -> dict[str, Json]:
@@ -490,6 +496,7 @@ class RemoteConfig:
             "desired": self.desired,
             "applied": evaluation.applied,
             "refused": evaluation.refused,
+            "changed": None if self.applied_time is None else round(self.applied_time, 3),
             "saved": round(time.time(), 3),
         }
 
@@ -521,6 +528,8 @@ class RemoteConfig:
 
     def _settle(self, desired: dict[str, Json], version: int | None) -> None:
         desired = prune(desired)
+        if desired != self.desired:
+            self.applied_time = time.time()
         if desired != self.desired or (version is not None and version != self.version):
             self.dirty = True
         self.desired = desired
@@ -555,6 +564,12 @@ class RemoteConfig:
 
 
 # --------------------------------------------------------------------------- protocol
+
+
+def _refusal(document: Mapping[str, Json]) -> str:
+    """``403 Forbidden``: the code and message of a rejection, as far as given."""
+    said = [str(document[key]) for key in ("code", "message") if document.get(key) is not None]
+    return " ".join(said) or "no reason given"
 
 
 _TIMED_OUT = object()
@@ -594,6 +609,21 @@ class ShadowAgent:
         self._deadline: float | None = None  # a get is waiting for its answer until then
         self._token = f"wsn-gateway:{os.getpid()}:"
         self._tokens = itertools.count(1)
+        # What ``status`` shows: UNIX seconds, read on the event loop.
+        #: When the get that waits for its answer was sent.
+        self.asked: float | None = None
+        #: When this connection's get was answered (the document, or: there is none).
+        self.synced: float | None = None
+        #: When the shadow service last sent anything.
+        self.answered: float | None = None
+        #: Since when gets go unanswered (the first one's time); None after any answer.
+        self.silent_since: float | None = None
+        #: When and why the shadow service refused a get (other than 404), until one
+        #: is answered.
+        self.get_refused: float | None = None
+        self.get_error: str | None = None
+        #: Why the shadow service refused the last report (None once one is accepted).
+        self.report_error: str | None = None
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
@@ -647,13 +677,19 @@ class ShadowAgent:
         """Ask for the whole document (an empty message on .../get)."""
         if new_session:
             self.remote.begin_session()
+            self.synced = None
         elif self._deadline is not None:
             return  # one get at a time
         self._deadline = asyncio.get_running_loop().time() + self._answer_timeout
+        self.asked = time.time()
         if not await self._send(self.topics.get, b""):
             self._deadline = None
+            self.asked = None
 
     def _no_answer(self) -> None:
+        if self.silent_since is None:
+            self.silent_since = self.asked if self.asked is not None else time.time()
+        self.asked = None
         if self.remote.once("no-answer"):
             log.warning(
                 f"shadow: no answer from the device shadow service within "
@@ -664,6 +700,8 @@ class ShadowAgent:
             )
 
     async def _handle(self, topic: str, payload: bytes) -> None:
+        self.answered = time.time()
+        self.silent_since = None
         try:
             document = json.loads(payload) if payload else None
         except ValueError:
@@ -687,21 +725,29 @@ class ShadowAgent:
         elif topic == t.update_rejected:
             self._on_update_rejected(document)
 
+    def _synced(self) -> None:
+        self.synced = time.time()
+        self.get_refused = self.get_error = None
+
     async def _on_document(self, document: dict[str, Json]) -> None:
         self._deadline = None
+        self.asked = None
         state = document.get("state")
         state = state if isinstance(state, Mapping) else {}
         if not self.remote.take_document(state.get("desired"), _version(document)):
             log.debug("shadow: older document ignored", extra={"version": _version(document)})
             await self._request()
             return
+        self._synced()
         self.remote.known = _managed(state.get("reported"))
         await self._settle()
 
     async def _on_get_rejected(self, document: dict[str, Json]) -> None:
         self._deadline = None
+        self.asked = None
         code, message = document.get("code"), document.get("message")
         if code == 404:
+            self._synced()
             # No document: nothing is desired, as with a document without "desired".
             if self.remote.once("no-shadow"):
                 log.info(
@@ -713,7 +759,10 @@ class ShadowAgent:
             self.remote.take_document({}, None)
             self.remote.known = {}
             await self._settle()
-        elif self.remote.once(f"get-rejected-{code}"):
+            return
+        self.get_refused = time.time()
+        self.get_error = _refusal(document)
+        if self.remote.once(f"get-rejected-{code}"):
             log.warning(
                 "shadow: the shadow service refused to send the document; "
                 "the current settings stay in effect",
@@ -729,6 +778,9 @@ class ShadowAgent:
             await self._settle()
 
     async def _on_update_accepted(self, document: dict[str, Json]) -> None:
+        token = document.get("clientToken")
+        if isinstance(token, str) and token.startswith(self._token):
+            self.report_error = None  # our report went through
         if "state" not in document:
             return
         state = document["state"]
@@ -753,6 +805,7 @@ class ShadowAgent:
         token = document.get("clientToken")
         extra = {"code": document.get("code"), "error": document.get("message")}
         if isinstance(token, str) and token.startswith(self._token):
+            self.report_error = _refusal(document)
             log.warning("shadow: the shadow service refused the reported state", extra=extra)
         else:
             log.debug("shadow: someone else's update was refused", extra=extra)

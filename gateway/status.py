@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +48,18 @@ FILE_NAME = "status.json"
 CERT_WARN_DAYS = 30
 #: When this process started (wall clock): the module is imported at start-up.
 STARTED = time.time()
+#: Remote settings, and refusals, listed at most in the status file (the rest counted).
+SHADOW_ENTRIES = 20
+#: Longest reason for a refusal kept in the status file.
+REASON_CHARS = 200
+
+#: What ``shadow.state`` says (docs/shadow.md).
+SHADOW_OFF = "off"
+SHADOW_WAITING = "waiting for the shadow service"
+SHADOW_IN_SYNC = "in sync"
+SHADOW_SILENT = "not answering"
+SHADOW_REFUSED = "refused by the shadow service"
+SHADOW_LEFT_OUT = "left out"
 
 Snapshot = dict[str, Any]
 
@@ -152,6 +166,89 @@ def _sensors(daemon: Daemon) -> list[dict[str, Any]]:
     return out
 
 
+def _cut(text: str, limit: int = REASON_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _capped(entries: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """The first SHADOW_ENTRIES of ``entries`` (keys and strings cut to REASON_CHARS: a
+    desired state may hold anything), and how many were left out."""
+    kept = {
+        _cut(key): _cut(value) if isinstance(value, str) else value
+        for key, value in itertools.islice(entries.items(), SHADOW_ENTRIES)
+    }
+    return kept, len(entries) - len(kept)
+
+
+def shadow_facts(daemon: Daemon, now: float | None = None) -> dict[str, Any]:
+    """What status shows of the device shadow (docs/shadow.md): its state, the remote
+    settings in effect and what was refused and why. From memory only: it runs on the
+    event loop every few seconds."""
+    from gateway.publisher import LISTENER_STRIKES  # noqa: PLC0415 (the daemon has it)
+
+    now = time.time() if now is None else now
+    config = daemon.settings.shadow
+    facts: dict[str, Any] = {
+        "enabled": config.enabled,
+        "name": config.name,  # None: the thing's classic shadow
+        "state": SHADOW_WAITING if config.enabled else SHADOW_OFF,
+        "reason": None,
+        "since": None,
+        "until": None,
+        "version": None,
+        "applied_time": None,
+        "answered_time": None,
+        "applied": {},
+        "refused": {},
+        "report_error": None,
+    }
+    agent = daemon.shadow
+    if not config.enabled or agent is None:
+        return facts
+    applied, applied_left = _capped(agent.evaluation.applied)
+    refused, refused_left = _capped(agent.evaluation.refused)
+    facts.update(
+        version=agent.remote.version,
+        applied_time=agent.remote.applied_time,
+        answered_time=agent.answered,
+        applied=applied,
+        refused=refused,
+        report_error=agent.report_error,
+    )
+    if applied_left or refused_left:
+        facts["omitted"] = {"applied": applied_left, "refused": refused_left}
+    publisher = daemon.publisher
+    # The publisher leaves the shadow out for a while when its topics keep costing the
+    # connection (a policy without them); monotonic seconds.
+    off_for = (publisher.listener_off_until if publisher else -math.inf) - time.monotonic()
+    if off_for > 0:
+        facts.update(
+            state=SHADOW_LEFT_OUT,
+            until=now + off_for,
+            reason=(
+                f"policy: the connection was lost {LISTENER_STRIKES} times in a row while "
+                "subscribing to or publishing on the shadow topics; check that the "
+                "certificate's policy allows them"
+            ),
+        )
+    elif agent.silent_since is not None:
+        facts.update(
+            state=SHADOW_SILENT,
+            since=agent.silent_since,
+            reason=(
+                "no answer to the get: a broker without the AWS IoT shadow service, or a "
+                "policy without the shadow topics"
+            ),
+        )
+    elif agent.get_refused is not None:
+        facts.update(state=SHADOW_REFUSED, since=agent.get_refused, reason=agent.get_error)
+    elif agent.synced is not None and publisher is not None and publisher.connected.is_set():
+        facts.update(state=SHADOW_IN_SYNC, since=agent.synced)
+    else:
+        facts.update(since=agent.asked)
+    return facts
+
+
 def snapshot(
     daemon: Daemon,
     *,
@@ -194,6 +291,7 @@ def snapshot(
         "certificate": certificate
         if certificate is not None
         else certificate_facts(s.mqtt.cert, now),
+        "shadow": shadow_facts(daemon, now),
         "counters": daemon.counters.snapshot(),
     }
 
@@ -415,6 +513,61 @@ def _sensor_lines(snap: Snapshot, now: float) -> list[str]:
     return ["sensors", *lines]
 
 
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def _shadow_phrase(sh: dict[str, Any], now: float) -> str:
+    """``in sync (version 12, applied 3 h ago)``, ``not answering for 5 min``, ..."""
+    state = phrase = str(sh.get("state"))
+    since, until = sh.get("since"), sh.get("until")
+    if state == SHADOW_SILENT and since is not None:
+        phrase = f"not answering for {_duration(now - since)}"
+    elif state == SHADOW_LEFT_OUT and until is not None:
+        phrase = f"left out for {_duration(until - now)} more"
+    details = []
+    if sh.get("name"):
+        details.append(f"named shadow {sh['name']}")
+    if sh.get("version") is not None:
+        details.append(f"version {sh['version']}")
+    if sh.get("applied_time") is not None:
+        details.append(f"applied {_ago(sh['applied_time'], now)}")
+    return f"{phrase} ({', '.join(details)})" if details else phrase
+
+
+def _shadow_lines(snap: Snapshot, now: float) -> list[str]:
+    """``shadow       in sync (version 12, applied 3 h ago): 2 remote settings in effect,
+    1 refused``, then why, the settings and the refusals, one a line."""
+    sh = snap.get("shadow")
+    if not sh:  # a daemon from before the shadow was shown
+        return []
+    if (sh.get("state") or SHADOW_OFF) == SHADOW_OFF:
+        return ["shadow       off"]
+    applied: dict[str, Any] = sh.get("applied") or {}
+    refused: dict[str, Any] = sh.get("refused") or {}
+    omitted = sh.get("omitted") or {}
+    n_applied = len(applied) + int(omitted.get("applied", 0))
+    n_refused = len(refused) + int(omitted.get("refused", 0))
+    settings = _plural(n_applied, "remote setting") if n_applied else "no remote settings"
+    counts = f"{settings} in effect"
+    if n_refused:
+        counts += f", {n_refused} refused"
+    lines = [f"shadow       {_shadow_phrase(sh, now)}: {counts}"]
+    notes: list[tuple[str, str]] = []
+    if sh.get("reason"):
+        notes.append(("why", str(sh["reason"])))
+    notes.extend(("applied", f"{key}: {_value(value)}") for key, value in applied.items())
+    if omitted.get("applied"):
+        notes.append(("applied", f"… {omitted['applied']} more, not in the status file"))
+    notes.extend(("refused", f"{key}: {reason}") for key, reason in refused.items())
+    if omitted.get("refused"):
+        notes.append(("refused", f"… {omitted['refused']} more, not in the status file"))
+    if sh.get("report_error"):
+        notes.append(("error", f"the shadow service refused the report: {sh['report_error']}"))
+    lines.extend(f"  {label:<7}  {text}" for label, text in notes)
+    return lines
+
+
 def render(snap: Snapshot, now: float, *, why_not: str | None = None) -> str:
     """``snap`` for a terminal: plain text, aligned. ``why_not`` (from
     :func:`not_running`) makes the first line say the daemon is not running."""
@@ -464,6 +617,7 @@ def render(snap: Snapshot, now: float, *, why_not: str | None = None) -> str:
         warn = " — EXPIRED" if days < 0 else (" — renew soon" if days < CERT_WARN_DAYS else "")
         expires = dt.datetime.fromtimestamp(cert["not_after"], tz=dt.UTC).strftime("%Y-%m-%d")
         lines.append(f"certificate  expires {expires} ({days} days left){warn}")
+    lines.extend(_shadow_lines(snap, now))
     lines.append("")
     lines.extend(_sensor_lines(snap, now))
     return "\n".join(lines)

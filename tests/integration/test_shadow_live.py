@@ -12,8 +12,11 @@ import datetime as dt
 import itertools
 import json
 import math
+import os
 import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from daemon_harness import (
+    REPO,
     GatewayProcess,
     LogEntry,
     gateway_config,
@@ -143,6 +147,37 @@ def spacing(
     return statistics.median(b - a for a, b in itertools.pairwise(times))
 
 
+def shown_shadow(
+    state_dir: Path, condition: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    """The ``shadow`` of the daemon's status file, once it meets ``condition`` (the
+    file is written every 5 s)."""
+
+    def current() -> dict[str, Any] | None:
+        try:
+            shadow: dict[str, Any] = json.loads((state_dir / "status.json").read_text())["shadow"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return shadow if condition(shadow) else None
+
+    result: dict[str, Any] = wait_until(current, timeout=15, what=f"status shows {what}")
+    return result
+
+
+def status_command(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``wsn-gateway status``, as an operator runs it."""
+    env = {key: value for key, value in os.environ.items() if key != "WSN_GATEWAY_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "status", "--config", str(config), *extra],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+
+
 def sealed_after(batches: list[verify.Batch], after: float) -> list[int]:
     """Record counts of the batches whose readings were all taken after ``after``."""
     return [len(b.records) for b in batches if min(r.time for r in b.records) > after]
@@ -156,7 +191,8 @@ def test_desired_settings_apply_without_a_restart_and_are_reported(
 ) -> None:
     service = rig.service()  # no shadow document yet: get is answered 404
     telemetry = collector(rig.broker)
-    gateway = rig.launch(rig.config())
+    config = rig.config()
+    gateway = rig.launch(config)
     gateway.wait_log("started")
     gateway.wait_log(starts("shadow: this thing has no shadow document yet"))
     # The settings in effect are reported, which creates the document.
@@ -208,6 +244,23 @@ def test_desired_settings_apply_without_a_restart_and_are_reported(
     changed = gateway.wait_log("shadow: settings changed remotely")
     assert changed["changes"]["sensors.probe.interval"] == {"from": 0.25, "to": 0.05}
     assert gateway.wait_log("shadow: remote settings refused")["level"] == "warning"
+
+    # `wsn-gateway status` shows what applies and what was refused, and why.
+    applied = {"sensors.probe.interval": 0.05, "batch.max_records": 3, "logging.level": "debug"}
+    shown_shadow(rig.state_dir, lambda s: s["applied"] == applied, "the remote settings")
+    result = status_command(config, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    shadow = json.loads(result.stdout)["shadow"]
+    assert shadow["enabled"] is True and shadow["name"] is None
+    assert shadow["state"] == "in sync" and shadow["version"] >= 1
+    assert shadow["applied"] == applied
+    assert shadow["refused"] == refused
+    assert shadow["applied_time"] <= time.time() and shadow["answered_time"] is not None
+    text = status_command(config).stdout
+    assert "shadow       in sync (version " in text
+    assert ": 3 remote settings in effect, 4 refused\n" in text
+    assert "\n  applied  sensors.probe.interval: 0.05\n" in text
+    assert "\n  refused  batch.max_age: must be greater than 0 (got -1)\n" in text
     since = logged_at(changed) + 0.3
     wait_until(
         lambda: len(sealed_after(rig.batches(telemetry), since)) >= 8,
@@ -256,6 +309,8 @@ def test_desired_settings_apply_without_a_restart_and_are_reported(
     assert reported["sensors"] == {"probe": {"interval": 0.05}}
     assert service.delta() == {}
     gateway.wait_log("shadow: no remote setting is refused any more")
+    shown = shown_shadow(rig.state_dir, lambda s: not s["refused"], "no refusals")
+    assert shown["applied"] == {"sensors.probe.interval": 0.05, "batch.max_age": 2}
 
     # What applies is kept in state_dir for the next start.
     saved = json.loads((rig.state_dir / "shadow.json").read_text())
@@ -332,6 +387,11 @@ def test_a_restart_without_the_shadow_service_keeps_the_remote_settings(
     second.wait_log("connected")
     no_answer = second.wait_log(starts(NO_ANSWER), timeout=ANSWER_TIMEOUT + 10)
     assert no_answer["level"] == "warning"
+    # Status says so, with the remote settings kept from the first run.
+    shown = shown_shadow(rig.state_dir, lambda s: s["state"] == "not answering", "no answer")
+    assert shown["name"] == "gateway-config" and shown["version"] == version
+    assert shown["applied"] == applied["applied"] and shown["refused"] == {}
+    assert shown["since"] <= logged_at(no_answer)
     wait_until(
         lambda: len([b for b in rig.batches(telemetry) if b.records[0].value >= SECOND_RUN]) >= 8,
         timeout=20,
@@ -400,6 +460,9 @@ def test_a_policy_without_the_shadow_topics_does_not_keep_the_batches_from_going
     fuse = gateway.wait_log(starts(FUSE), timeout=30)
     assert fuse["level"] == "error"
     assert "$aws/things/test-gw/shadow/get/accepted" in fuse["topics"]
+    shown = shown_shadow(rig.state_dir, lambda s: s["state"] == "left out", "the shadow left out")
+    assert shown["reason"].startswith("policy: ")
+    assert logged_at(fuse) + 3500 < shown["until"] < logged_at(fuse) + 3700
     assert proxy.refusals == 3
     assert len(gateway.find("connection lost")) == 3
     # The next connection leaves the shadow out, and holds.

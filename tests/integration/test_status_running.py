@@ -64,10 +64,12 @@ def test_status_of_the_running_and_the_stopped_daemon(pki: PkiBundle, tmp_path: 
         data = wait_until(sensors_ok, timeout=20, what="status shows the sensors ok")
         assert data["running"] is True and data["pid"] == gateway.pid
         assert data["connection"]["connected"] is False
+        assert data["shadow"]["enabled"] is False and data["shadow"]["state"] == "off"
         text = _status(config)
         assert text.returncode == 0, text.stdout + text.stderr
         assert f"running, pid {gateway.pid}" in text.stdout
         assert "connection   offline since" in text.stdout
+        assert "\nshadow       off\n" in text.stdout
         for name in ("beat", "pulse"):
             line = next(li for li in text.stdout.splitlines() if li.split()[:2] == [name, "ok"])
             assert "count" in line

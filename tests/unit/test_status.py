@@ -16,18 +16,25 @@ from drivers.counter import Counter, CounterOptions
 from gateway import __version__, status
 from gateway.buffer import Buffer
 from gateway.cli import main
-from gateway.config import load_settings
-from gateway.daemon import Daemon
+from gateway.config import Settings, load_settings
+from gateway.daemon import Daemon, mqtt_target
 from gateway.pki import write_pki
 from gateway.polling import Poller
 from gateway.readings import Reading
+from gateway.shadow import (
+    RemoteConfig,
+    ShadowAgent,
+    ShadowTopics,
+    evaluate,
+    state_path,
+    write_json_atomically,
+)
 from gateway.workers import Worker
 
 NOW = 1_750_000_000.0
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Daemon:
+def _daemon(tmp_path: Path, extra: str = "") -> Daemon:
     pki = write_pki(tmp_path / "pki", thing="gw")
     config = tmp_path / "gw.yaml"
     config.write_text(
@@ -37,7 +44,7 @@ def daemon(tmp_path: Path) -> Daemon:
         f" key: {pki.client_key}}}\n"
         "sensors:\n"
         "  - {name: beat, driver: counter, interval: 1}\n"
-        "  - {name: pulse, driver: counter, interval: 1}\n"
+        "  - {name: pulse, driver: counter, interval: 1}\n" + extra
     )
     settings = load_settings(config)
     settings.state_dir.mkdir()
@@ -58,6 +65,11 @@ def daemon(tmp_path: Path) -> Daemon:
     ]
     d.unavailable = {"lux": "/dev/i2c-7: no such device"}
     return d
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Daemon:
+    return _daemon(tmp_path)
 
 
 def _readings(n: int, start: float) -> list[Reading]:
@@ -89,6 +101,8 @@ async def test_snapshot_of_a_daemon(daemon: Daemon) -> None:
     }
     assert snap["certificate"]["days_left"] > 300
     assert snap["counters"]["readings_taken"] == 1
+    assert snap["shadow"]["enabled"] is False and snap["shadow"]["state"] == "off"
+    assert snap["shadow"]["applied"] == {} and snap["shadow"]["refused"] == {}
 
 
 def test_certificate_that_cannot_be_read(tmp_path: Path) -> None:
@@ -160,10 +174,38 @@ def _snap(**changes: Any) -> dict[str, Any]:
         },
         "disk_full": False,
         "certificate": {"path": "/etc/c.pem", "not_after": NOW + 20 * 86400, "days_left": 20},
+        "shadow": _shadow(),
         "counters": {"readings_dropped": 0},
     }
     base.update(changes)
     return base
+
+
+def _shadow(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "enabled": True,
+        "name": None,
+        "state": "in sync",
+        "reason": None,
+        "since": NOW - 600,
+        "until": None,
+        "version": 12,
+        "applied_time": NOW - 3 * 3600,
+        "answered_time": NOW - 30,
+        "applied": {"sensors.board.interval": 30, "logging.level": "debug"},
+        "refused": {"sensors.fan.interval": "must be greater than 0 (got -1)"},
+        "report_error": None,
+    }
+    base.update(changes)
+    return base
+
+
+def _shadow_text(**changes: Any) -> list[str]:
+    """The shadow's lines of the rendered status."""
+    lines = status.render(_snap(shadow=_shadow(**changes)), NOW).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("shadow "))
+    end = lines.index("", start)
+    return lines[start:end]
 
 
 def test_render_a_running_daemon() -> None:
@@ -188,6 +230,196 @@ def test_render_a_running_daemon() -> None:
     assert field.endswith("n1/moisture 0.31")
     assert "error: no answer within 2 s" in text
     assert "node n1: MISSING, silent 15 min, 3 messages" in text
+    # The shadow's lines come after the certificate's.
+    assert lines[lines.index("sensors") - 5].startswith("shadow       in sync (version 12, ")
+
+
+class Sent:
+    """The shadow agent's link: what it sends and saves."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def send(self, topic: str, payload: bytes) -> None:
+        self.sent.append((topic, payload))
+
+    async def persist(self, path: Path, data: dict[str, Any]) -> None:
+        pass
+
+
+def _doc(**members: Any) -> bytes:
+    return json.dumps(members).encode()
+
+
+async def test_shadow_facts_follow_the_agent_and_the_publisher(tmp_path: Path) -> None:
+    d = _daemon(tmp_path, "shadow: {enabled: true, name: gateway-config}\n")
+    facts = status.shadow_facts(d, NOW)
+    assert facts["enabled"] is True and facts["name"] == "gateway-config"
+    assert facts["state"] == "waiting for the shadow service"  # not started yet
+    base: Settings = d.settings
+    remote = RemoteConfig(state_path(base), ShadowTopics.of(base.thing, "gateway-config"))
+    link = Sent()
+    agent = ShadowAgent(remote, base, send=link.send, apply=d._apply_remote, persist=link.persist)
+    d.shadow = agent
+    d.publisher, _ = d._make_publisher(mqtt_target(base))
+    t = agent.topics
+
+    # Connected; the get is on its way.
+    d.publisher.connected.set()
+    await agent._request(new_session=True)
+    facts = status.shadow_facts(d)
+    assert facts["state"] == "waiting for the shadow service"
+    assert facts["since"] == agent.asked and facts["since"] is not None
+    # The document: in sync, with what applies and what is refused.
+    before = time.time()
+    desired = {"sensors": {"beat": {"interval": 30}}, "batch": {"max_age": -1}}
+    await agent._handle(t.get_accepted, _doc(state={"desired": desired}, version=12))
+    facts = status.shadow_facts(d)
+    assert facts["state"] == "in sync" and facts["version"] == 12
+    assert facts["applied"] == {"sensors.beat.interval": 30}
+    assert facts["refused"] == {"batch.max_age": "must be greater than 0 (got -1)"}
+    assert facts["applied_time"] >= before and facts["answered_time"] >= before
+    assert "omitted" not in facts
+    assert d.settings.sensors[0].interval == 30  # applied to the daemon
+    json.dumps(facts)
+    # The same document again (a new connection): it was not applied anew.
+    applied_time = facts["applied_time"]
+    await agent._request(new_session=True)
+    await agent._handle(t.get_accepted, _doc(state={"desired": desired}, version=12))
+    assert status.shadow_facts(d)["applied_time"] == applied_time
+    # Nor is a delta that a report causes (a new version, the same desired state).
+    await agent._handle(t.update_delta, _doc(state={"batch": {"max_age": -1}}, version=13))
+    facts = status.shadow_facts(d)
+    assert facts["version"] == 13 and facts["applied_time"] == applied_time
+    # Offline: waiting again, with the settings still in effect.
+    d.publisher.connected.clear()
+    facts = status.shadow_facts(d)
+    assert facts["state"] == "waiting for the shadow service" and facts["version"] == 13
+    assert facts["applied"] == {"sensors.beat.interval": 30}
+
+    # A get that goes unanswered, then another: not answering since the first.
+    d.publisher.connected.set()
+    await agent._request(new_session=True)
+    first = agent.asked
+    agent._no_answer()
+    await agent._request(new_session=True)
+    agent._no_answer()
+    facts = status.shadow_facts(d)
+    assert facts["state"] == "not answering" and facts["since"] == first
+    assert facts["reason"].startswith("no answer to the get")
+    # An answer, but a refusal.
+    await agent._request(new_session=True)
+    await agent._handle(t.get_rejected, _doc(code=403, message="Forbidden"))
+    facts = status.shadow_facts(d)
+    assert facts["state"] == "refused by the shadow service"
+    assert facts["reason"] == "403 Forbidden"
+    # Our report refused: said until one is accepted.
+    await agent._handle(
+        t.update_rejected, _doc(code=400, message="bad", clientToken=f"{agent._token}9")
+    )
+    assert status.shadow_facts(d)["report_error"] == "400 bad"
+    await agent._handle(t.update_accepted, _doc(clientToken=f"{agent._token}10"))
+    assert status.shadow_facts(d)["report_error"] is None
+    # No document: in sync, nothing desired.
+    await agent._request(new_session=True)
+    await agent._handle(t.get_rejected, _doc(code=404, message="No shadow"))
+    facts = status.shadow_facts(d)
+    assert facts["state"] == "in sync" and facts["reason"] is None
+    assert facts["version"] is None and facts["applied"] == {} and facts["refused"] == {}
+    # The publisher leaves the shadow out (a policy without its topics).
+    d.publisher._listener_off_until = time.monotonic() + 3600
+    now = time.time()
+    facts = status.shadow_facts(d, now)
+    assert facts["state"] == "left out" and facts["reason"].startswith("policy: ")
+    assert now + 3590 < facts["until"] <= now + 3600
+
+
+async def test_shadow_facts_stay_small(tmp_path: Path) -> None:
+    d = _daemon(tmp_path, "shadow: {enabled: true}\n")
+    base = d.settings
+    remote = RemoteConfig(state_path(base), ShadowTopics.of(base.thing))
+    link = Sent()
+    d.shadow = ShadowAgent(
+        remote, base, send=link.send, apply=d._apply_remote, persist=link.persist
+    )
+    long = "x" * 1000
+    desired = {long: long, "sensors": {f"ghost{i}": {"interval": 1} for i in range(30)}}
+    await d.shadow._handle(d.shadow.topics.get_accepted, _doc(state={"desired": desired}))
+    facts = status.shadow_facts(d)
+    assert len(facts["refused"]) == status.SHADOW_ENTRIES
+    assert facts["omitted"] == {"applied": 0, "refused": 31 - status.SHADOW_ENTRIES}
+    assert all(
+        len(text) <= status.REASON_CHARS for entry in facts["refused"].items() for text in entry
+    )
+    assert any(key.startswith("xxx") and key.endswith("…") for key in facts["refused"])
+    assert len(json.dumps(facts)) < 6000
+
+
+def test_the_applied_time_survives_a_restart(daemon: Daemon) -> None:
+    base = daemon.settings
+    remote = RemoteConfig(state_path(base), ShadowTopics.of(base.thing))
+    assert remote.applied_time is None
+    assert remote.take_document({"logging": {"level": "debug"}}, 3)
+    applied = remote.applied_time
+    assert applied is not None and remote.dirty
+    write_json_atomically(remote.path, remote.snapshot(evaluate(remote.desired, base)))
+    again = RemoteConfig.load(remote.path, remote.topics)
+    assert again.version == 3 and again.applied_time == pytest.approx(applied, abs=0.01)
+
+
+def test_render_the_shadow_in_sync() -> None:
+    assert _shadow_text() == [
+        "shadow       in sync (version 12, applied 3 h 00 min ago):"
+        " 2 remote settings in effect, 1 refused",
+        "  applied  sensors.board.interval: 30",
+        "  applied  logging.level: debug",
+        "  refused  sensors.fan.interval: must be greater than 0 (got -1)",
+    ]
+    assert _shadow_text(
+        name="gateway-config", applied={"batch.max_age": 0.5}, refused={}, report_error="400 bad"
+    ) == [
+        "shadow       in sync (named shadow gateway-config, version 12, applied 3 h 00 min ago):"
+        " 1 remote setting in effect",
+        "  applied  batch.max_age: 0.5",
+        "  error    the shadow service refused the report: 400 bad",
+    ]
+
+
+def test_render_the_shadow_off_waiting_and_with_nothing_desired() -> None:
+    assert _shadow_text(enabled=False, state="off") == ["shadow       off"]
+    nothing = {"applied": {}, "refused": {}, "version": None, "applied_time": None}
+    assert _shadow_text(state="waiting for the shadow service", since=None, **nothing) == [
+        "shadow       waiting for the shadow service: no remote settings in effect"
+    ]
+    assert _shadow_text(**{**nothing, "refused": {"mqtt": "cannot be changed remotely"}}) == [
+        "shadow       in sync: no remote settings in effect, 1 refused",
+        "  refused  mqtt: cannot be changed remotely",
+    ]
+    # A status file of a daemon from before the shadow was shown: no shadow line.
+    snap = _snap()
+    del snap["shadow"]
+    assert "shadow" not in status.render(snap, NOW)
+
+
+def test_render_the_shadow_not_answering_refused_and_left_out() -> None:
+    lines = _shadow_text(state="not answering", since=NOW - 300, reason="no answer to the get")
+    assert lines[0] == (
+        "shadow       not answering for 5 min (version 12, applied 3 h 00 min ago):"
+        " 2 remote settings in effect, 1 refused"
+    )
+    assert lines[1] == "  why      no answer to the get"
+    lines = _shadow_text(state="refused by the shadow service", reason="403 Forbidden")
+    assert lines[0].startswith("shadow       refused by the shadow service (version 12, ")
+    assert lines[1] == "  why      403 Forbidden"
+    lines = _shadow_text(state="left out", until=NOW + 3500, reason="policy: lost 3 times")
+    assert lines[0].startswith("shadow       left out for 58 min more (version 12, ")
+    assert lines[1] == "  why      policy: lost 3 times"
+
+
+def test_render_the_shadow_with_entries_left_out_of_the_file() -> None:
+    lines = _shadow_text(omitted={"applied": 0, "refused": 7})
+    assert lines[0].endswith(": 2 remote settings in effect, 8 refused")
+    assert lines[-1] == "  refused  … 7 more, not in the status file"
 
 
 def test_render_connected_and_no_ack_yet() -> None:
