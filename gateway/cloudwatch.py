@@ -9,6 +9,8 @@
   a bounded spool file in the state directory and are uploaded first once the
   service answers again. Events CloudWatch rejects (too old, too new, expired) are
   counted and logged, not taken as delivered. boto3 runs on a worker thread.
+  What was lost, by reason (:data:`DROP_REASONS`), is kept in plain counters that
+  ``wsn-gateway status`` and the metrics read without any I/O.
 - :class:`MetricsEmitter` writes one CloudWatch Embedded Metric Format event a
   minute (counters as deltas), to stdout for journald and to the shipper.
 """
@@ -54,6 +56,25 @@ QUEUE_EVENTS = 20_000
 #: Retry back-off after a failed upload, seconds.
 BACKOFF_MIN = 2.0
 BACKOFF_MAX = 300.0
+#: Why log events were lost, in the order status and the metrics list them: the
+#: in-memory queue was full, the spool file over its cap, or CloudWatch rejected them.
+DROP_REASONS = (
+    "queue_full",
+    "spool_over_cap",
+    "rejected_too_old",
+    "rejected_too_new",
+    "rejected_expired",
+)
+#: The ``Reason`` dimension of the ``LogEventsDropped`` metric for each reason.
+DROP_METRIC_REASONS = {
+    "queue_full": "QueueFull",
+    "spool_over_cap": "SpoolOverCap",
+    "rejected_too_old": "TooOld",
+    "rejected_too_new": "TooNew",
+    "rejected_expired": "Expired",
+}
+#: Longest error message kept for status.
+ERROR_CHARS = 300
 #: Loggers whose own chatter about a failing upload must not feed the queue.
 _QUIET = ("botocore", "boto3", "urllib3", "s3transfer")
 
@@ -159,13 +180,24 @@ class CloudWatchHandler(logging.Handler):
         return taken
 
 
+def _line(event: LogEvent) -> str:
+    return json.dumps([event.timestamp, event.message], ensure_ascii=False) + "\n"
+
+
 class Spool:
-    """A bounded JSON-lines file of events not yet uploaded (blocking: worker thread)."""
+    """A bounded JSON-lines file of events not yet uploaded (blocking: worker thread).
+
+    ``events`` and ``bytes`` say what the file holds, kept up to date by every method
+    here, so that status can read them from the event loop without touching the disk;
+    None until the file was first read or written (:meth:`read` counts a spool left by
+    an earlier run)."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.dropped = 0
+        self.events: int | None = None
+        self.bytes: int | None = None
 
     def size(self) -> int:
         try:
@@ -177,16 +209,18 @@ class Spool:
         """Add events; when the file would exceed its cap, the oldest go, counted."""
         if not events:
             return
-        lines = [json.dumps([e.timestamp, e.message], ensure_ascii=False) + "\n" for e in events]
+        if self.events is None:
+            self.read()  # count what an earlier run left
+        lines = [_line(e) for e in events]
         added = sum(len(line.encode("utf-8")) for line in lines)
         if self.size() + added <= self.max_bytes:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as f:
                 f.writelines(lines)
+            self.events = (self.events or 0) + len(lines)
+            self.bytes = self.size()
             return
-        kept = [
-            json.dumps([e.timestamp, e.message], ensure_ascii=False) + "\n" for e in self.read()
-        ]
+        kept = [_line(e) for e in self.read()]
         kept += lines
         total = sum(len(line.encode("utf-8")) for line in kept)
         start = 0
@@ -199,32 +233,35 @@ class Spool:
     def read(self) -> list[LogEvent]:
         """Every spooled event; a damaged line (power cut mid-write) is skipped."""
         try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
+            data = self.path.read_bytes()
         except FileNotFoundError:
+            self.events, self.bytes = 0, 0
             return []
         events = []
-        for line in text.splitlines():
+        for line in data.decode("utf-8", errors="replace").splitlines():
             try:
                 timestamp, message = json.loads(line)
                 events.append(LogEvent(int(timestamp), str(message)))
             except (ValueError, TypeError):
                 continue
+        self.events, self.bytes = len(events), len(data)
         return events
 
     def replace(self, events: Sequence[LogEvent]) -> None:
         """Keep only ``events`` (what is left after a partial upload)."""
-        self._rewrite(
-            [json.dumps([e.timestamp, e.message], ensure_ascii=False) + "\n" for e in events]
-        )
+        self._rewrite([_line(e) for e in events])
 
     def _rewrite(self, lines: list[str]) -> None:
         if not lines:
             self.path.unlink(missing_ok=True)
+            self.events, self.bytes = 0, 0
             return
+        data = "".join(lines).encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            f.writelines(lines)
+        tmp.write_bytes(data)
         tmp.replace(self.path)
+        self.events, self.bytes = len(lines), len(data)
 
 
 @dataclass
@@ -268,6 +305,30 @@ class Shipper:
         self._next_try = 0.0
         self._unsynced_logged = False
         self._lock = asyncio.Lock()
+        #: For status (wall clock, UNIX s): the last PutLogEvents call that succeeded,
+        #: and the error of the last round when it failed (None once one succeeds).
+        self.last_upload: float | None = None
+        self.last_error: str | None = None
+        self.last_error_time: float | None = None
+        #: Whether the last round found the clock unsynchronised (so nothing went).
+        self.unsynced = False
+
+    def dropped(self) -> dict[str, int]:
+        """Log events lost since start, by reason (:data:`DROP_REASONS`)."""
+        return {
+            "queue_full": self.handler.dropped,
+            "spool_over_cap": self.spool.dropped,
+            "rejected_too_old": self.stats.rejected_too_old,
+            "rejected_too_new": self.stats.rejected_too_new,
+            "rejected_expired": self.stats.rejected_expired,
+        }
+
+    def state(self) -> str:
+        """``shipping``, ``failing`` (the last upload failed: spooling, retrying) or
+        ``clock unsynchronised`` (spooling until it is)."""
+        if self.unsynced:
+            return "clock unsynchronised"
+        return "failing" if self.last_error is not None else "shipping"
 
     # --- blocking part, on the worker thread ----------------------------------------
     def _client_now(self) -> Any:
@@ -305,6 +366,7 @@ class Shipper:
             self._ensure_stream()  # deleted meanwhile
             response = client.put_log_events(**request)
         self.stats.calls += 1
+        self.last_upload = time.time()
         return count_rejected(response.get("rejectedLogEventsInfo"), len(batch))
 
     def _upload(self, fresh: list[LogEvent]) -> tuple[list[dict[str, int]], Exception | None]:
@@ -331,7 +393,8 @@ class Shipper:
         async with self._lock:
             fresh = [LogEvent(e.timestamp, _truncate(e.message)) for e in self.handler.take()]
             now = time.monotonic()
-            if not self.synced():
+            self.unsynced = not self.synced()
+            if self.unsynced:
                 if not self._unsynced_logged:
                     log.warning(
                         "cloudwatch: the clock is not synchronised; logs are spooled "
@@ -344,12 +407,15 @@ class Shipper:
             if now < self._next_try:
                 await self.worker.run(self.spool.append, fresh)
                 return
-            if not fresh and self.spool.size() == 0:
+            if not fresh and self.spool.events == 0:  # counted, not looked up: no I/O here
                 return
             results, error = await self.worker.run(self._upload, fresh)
             self._account(results)
             if error is not None:
                 self.stats.failures += 1
+                text = str(error) or type(error).__name__
+                self.last_error = text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS] + "…"
+                self.last_error_time = time.time()
                 self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
                 delay = random.uniform(self._backoff / 2, self._backoff)
                 self._next_try = time.monotonic() + delay
@@ -360,6 +426,7 @@ class Shipper:
             else:
                 self._backoff = 0.0
                 self._next_try = 0.0
+                self.last_error = None
 
     def _account(self, results: list[dict[str, int]]) -> None:
         for result in results:
@@ -377,6 +444,8 @@ class Shipper:
 
     async def run(self) -> None:
         """Ship every ``flush_interval`` seconds, forever."""
+        with contextlib.suppress(OSError):  # count a spool an earlier run left, for status
+            await self.worker.run(self.spool.read)
         while True:
             await asyncio.sleep(self.flush_interval)
             await self.ship()
@@ -431,7 +500,12 @@ def emf_event(
 
 
 class MetricsEmitter:
-    """Once per interval: EMF events with per-interval deltas of the daemon's counters."""
+    """Once per interval: EMF events with per-interval deltas of the daemon's counters.
+
+    ``log_drops`` gives the log events lost so far by reason (:meth:`Shipper.dropped`):
+    their total goes out as ``LogEventsDropped`` every interval (0 included, so that an
+    alarm has data), and each reason that lost some in the interval as
+    ``LogEventsDropped`` with the dimension ``Reason`` as well."""
 
     def __init__(
         self,
@@ -444,6 +518,7 @@ class MetricsEmitter:
         latencies: Callable[[], list[float]],
         buffer_state: Callable[[], Any],
         sink: Callable[[LogEvent], None],
+        log_drops: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.thing = thing
         self.namespace = namespace
@@ -453,8 +528,10 @@ class MetricsEmitter:
         self.latencies = latencies
         self.buffer_state = buffer_state
         self.sink = sink
+        self.log_drops = log_drops
         self._last = counters.snapshot()
         self._last_sensor: dict[str, int] = {}
+        self._last_drops = log_drops()
 
     async def emit(self) -> list[dict[str, Any]]:
         """Build and write the events of one interval; returns them."""
@@ -475,6 +552,13 @@ class MetricsEmitter:
             "ConnectFailures": (delta["connect_failures"], "Count"),
             "SensorErrors": (delta["sensor_errors"], "Count"),
         }
+        drops = self.log_drops()
+        lost = {
+            reason: max(0, count - self._last_drops.get(reason, 0))
+            for reason, count in drops.items()
+        }
+        self._last_drops = drops
+        metrics["LogEventsDropped"] = (sum(lost.values()), "Count")
         samples = self.latencies()
         if samples:
             metrics["PublishLatencyP50"] = (
@@ -486,6 +570,16 @@ class MetricsEmitter:
                 "Milliseconds",
             )
         events = [emf_event(self.namespace, {"Thing": self.thing}, metrics, stamp)]
+        events.extend(
+            emf_event(
+                self.namespace,
+                {"Thing": self.thing, "Reason": DROP_METRIC_REASONS.get(reason, reason)},
+                {"LogEventsDropped": (count, "Count")},
+                stamp,
+            )
+            for reason, count in lost.items()
+            if count
+        )
         for poller in self.pollers():
             errors = poller.status.errors
             previous = self._last_sensor.get(poller.name, 0)
@@ -602,6 +696,7 @@ class CloudWatch:
             latencies=latencies,
             buffer_state=buffer_state,
             sink=self.handler.put,
+            log_drops=self.shipper.dropped,
         )
         self._tasks: list[asyncio.Task[None]] = []
 

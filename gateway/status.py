@@ -28,6 +28,7 @@ from cryptography import x509
 
 from drivers.wsn import NodeTable
 from gateway import __version__
+from gateway.cloudwatch import DROP_REASONS, CloudWatch
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -249,6 +250,49 @@ def shadow_facts(daemon: Daemon, now: float | None = None) -> dict[str, Any]:
     return facts
 
 
+def cloudwatch_facts(settings: Settings, cloud: CloudWatch | None) -> dict[str, Any]:
+    """What status shows of CloudWatch Logs shipping: where to, the last upload, what
+    waits (in memory and in the spool file) and what was lost, by reason. Counters
+    only, no I/O: it runs on the event loop every few seconds."""
+    cw = settings.cloudwatch
+    facts: dict[str, Any] = {
+        "enabled": cw.enabled,
+        "log_group": cw.log_group,
+        "log_stream": cw.log_stream.format(thing=settings.thing),
+        "state": "off" if not cw.enabled else "not started",
+        "last_upload_time": None,
+        "delivered": 0,
+        "queued": 0,
+        "spool_events": 0,
+        "spool_bytes": 0,
+        "spool_cap_bytes": cw.spool_bytes,
+        "dropped": dict.fromkeys(DROP_REASONS, 0),
+        "dropped_total": 0,
+        "last_error": None,
+        "last_error_time": None,
+    }
+    if cloud is None:
+        return facts
+    shipper = cloud.shipper
+    dropped = shipper.dropped()
+    facts.update(
+        log_group=shipper.log_group,
+        log_stream=shipper.log_stream,
+        state=shipper.state(),
+        last_upload_time=shipper.last_upload,
+        delivered=shipper.stats.delivered,
+        queued=len(cloud.handler.queue),
+        spool_events=shipper.spool.events,  # None until the spool file was first read
+        spool_bytes=shipper.spool.bytes,
+        spool_cap_bytes=shipper.spool.max_bytes,
+        dropped=dropped,
+        dropped_total=sum(dropped.values()),
+        last_error=shipper.last_error,
+        last_error_time=shipper.last_error_time,
+    )
+    return facts
+
+
 def snapshot(
     daemon: Daemon,
     *,
@@ -292,6 +336,8 @@ def snapshot(
         if certificate is not None
         else certificate_facts(s.mqtt.cert, now),
         "shadow": shadow_facts(daemon, now),
+        # the daemon's CloudWatch of this run (None when off, or not started yet)
+        "cloudwatch": cloudwatch_facts(s, daemon._cloud),
         "counters": daemon.counters.snapshot(),
     }
 
@@ -568,6 +614,68 @@ def _shadow_lines(snap: Snapshot, now: float) -> list[str]:
     return lines
 
 
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+#: How the status line names each reason for lost log events.
+_DROP_WORDS = {
+    "queue_full": "queue full",
+    "spool_over_cap": "spool over cap",
+    "rejected_too_old": "rejected too old",
+    "rejected_too_new": "too new",
+    "rejected_expired": "expired",
+}
+_CLOUDWATCH_STATES = {
+    "shipping": "shipping to",
+    "not started": "not started yet, for",
+    "failing": "UPLOAD FAILING, spooling for",
+    "clock unsynchronised": "clock not synchronised, spooling for",
+}
+
+
+def _cloudwatch_lines(snap: Snapshot, now: float) -> list[str]:
+    """``cloudwatch   shipping to /wsn-gateway/greenhouse-1, last upload 4 s ago, 0 waiting``,
+    then what was dropped since start, by reason, and the last error."""
+    cw = snap.get("cloudwatch")
+    if not cw:  # a daemon from before CloudWatch was shown
+        return []
+    if not cw.get("enabled"):
+        return ["cloudwatch   off"]
+    state = str(cw.get("state"))
+    doing = _CLOUDWATCH_STATES.get(state, f"{state},")
+    where = f"{cw.get('log_group')}/{cw.get('log_stream')}"
+    spooled = cw.get("spool_events")
+    waiting = int(cw.get("queued") or 0) + int(spooled or 0)
+    line = (
+        f"cloudwatch   {doing} {where}, last upload {_ago(cw.get('last_upload_time'), now)}, "
+        f"{waiting:,} waiting"
+    )
+    if spooled:
+        cap = cw.get("spool_cap_bytes")
+        of = f" of {_size(int(cap))}" if cap else ""
+        line += f" ({spooled:,} in the spool, {_size(int(cw.get('spool_bytes') or 0))}{of})"
+    lines = [line]
+    dropped: dict[str, int] = cw.get("dropped") or {}
+    total = int(cw.get("dropped_total") or sum(dropped.values()))
+    if total:
+        reasons = ", ".join(
+            f"{_DROP_WORDS.get(reason, reason)} {count:,}"
+            for reason, count in dropped.items()
+            if count or reason in ("queue_full", "spool_over_cap", "rejected_too_old")
+        )
+        lines.append(f"  dropped  {total:,} log lines since start ({reasons})")
+    else:
+        lines.append("  dropped  0 log lines since start")
+    if cw.get("last_error"):
+        lines.append(f"  error    {cw['last_error']} ({_ago(cw.get('last_error_time'), now)})")
+    return lines
+
+
 def render(snap: Snapshot, now: float, *, why_not: str | None = None) -> str:
     """``snap`` for a terminal: plain text, aligned. ``why_not`` (from
     :func:`not_running`) makes the first line say the daemon is not running."""
@@ -617,6 +725,7 @@ def render(snap: Snapshot, now: float, *, why_not: str | None = None) -> str:
         warn = " — EXPIRED" if days < 0 else (" — renew soon" if days < CERT_WARN_DAYS else "")
         expires = dt.datetime.fromtimestamp(cert["not_after"], tz=dt.UTC).strftime("%Y-%m-%d")
         lines.append(f"certificate  expires {expires} ({days} days left){warn}")
+    lines.extend(_cloudwatch_lines(snap, now))
     lines.extend(_shadow_lines(snap, now))
     lines.append("")
     lines.extend(_sensor_lines(snap, now))

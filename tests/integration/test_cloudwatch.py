@@ -21,10 +21,11 @@ from conftest import THING, PkiBundle
 from moto.server import ThreadedMotoServer
 
 import gateway.cloudwatch as cloudwatch_module
+from gateway import status
 from gateway.cloudwatch import CloudWatch
 from gateway.config import load_settings
 from gateway.credentials import CredentialsError, IotCredentialsProvider
-from gateway.daemon import mqtt_target
+from gateway.daemon import Daemon, mqtt_target
 from gateway.metrics import Counters
 from gateway.publisher import tls_context
 
@@ -123,7 +124,12 @@ def no_aws_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def make_cloudwatch(
-    tmp_path: Path, pki: PkiBundle, moto_port: int, provider_port: int, group: str
+    tmp_path: Path,
+    pki: PkiBundle,
+    moto_port: int,
+    provider_port: int,
+    group: str,
+    spool_bytes: str = "1MiB",
 ) -> CloudWatch:
     f = pki.files
     config = tmp_path / "gateway.yaml"
@@ -148,7 +154,7 @@ cloudwatch:
   endpoint_url: http://127.0.0.1:{moto_port}
   role_alias: {ALIAS}
   credentials_endpoint: 127.0.0.1:{provider_port}
-  spool_bytes: 1MiB
+  spool_bytes: {spool_bytes}
 """
     )
     settings = load_settings(config)
@@ -288,6 +294,69 @@ async def test_no_upload_while_the_clock_is_unsynchronised(
     finally:
         cloud.shipper.close()
     assert json.loads(messages(port, group)[0])["msg"] == "clock unknown"
+
+
+async def test_status_shows_uploads_and_spool_drops(
+    tmp_path: Path, pki: PkiBundle, provider: Provider, moto_server: tuple[Any, int]
+) -> None:
+    """What ``wsn-gateway status`` shows of a daemon's CloudWatch: an upload, then an
+    outage long enough for the spool to go over its cap, then uploads again."""
+    server, port = moto_server
+    group = "/wsn-gateway/test-status"
+    cloud = make_cloudwatch(tmp_path, pki, port, provider.port, group, spool_bytes="64KiB")
+    daemon = Daemon(cloud_settings := load_settings(tmp_path / "gateway.yaml"))
+    daemon._cloud = cloud  # as Daemon._start_cloudwatch leaves it
+
+    def shown() -> tuple[dict[str, Any], list[str]]:
+        snap = json.loads(json.dumps(status.snapshot(daemon)))  # as the file holds it
+        text = status.render(snap, time.time()).splitlines()
+        start = next(i for i, line in enumerate(text) if line.startswith("cloudwatch "))
+        return snap["cloudwatch"], text[start : start + 3]
+
+    try:
+        facts, _ = shown()
+        assert facts["state"] == "shipping" and facts["last_upload_time"] is None
+        emit(cloud, "before the outage")
+        await cloud.shipper.ship()
+        facts, lines = shown()
+        assert facts["delivered"] == 1 and facts["last_upload_time"] is not None
+        assert facts["dropped_total"] == 0
+        assert lines[0] == (
+            f"cloudwatch   shipping to {group}/{THING}, last upload 0 s ago, 0 waiting"
+        )
+        assert lines[1] == "  dropped  0 log lines since start"
+        # CloudWatch goes away: lines go to the spool, more than its 64 KiB.
+        server.stop()
+        for i in range(100):
+            emit(cloud, f"during the outage {i:03d} " + "x" * 1_000)
+        await cloud.shipper.flush(timeout=60)
+        facts, lines = shown()
+        lost = facts["dropped"]["spool_over_cap"]
+        assert lost > 0 and facts["dropped_total"] == lost
+        assert 0 < facts["spool_events"] == 100 - lost
+        assert facts["spool_bytes"] == cloud.shipper.spool.path.stat().st_size <= 65536
+        assert facts["state"] == "failing" and facts["last_error"]
+        assert lines[0].startswith(f"cloudwatch   UPLOAD FAILING, spooling for {group}/{THING}")
+        assert f"{100 - lost} waiting ({100 - lost} in the spool," in lines[0]
+        assert lines[1] == (
+            f"  dropped  {lost} log lines since start (queue full 0, spool over cap {lost},"
+            " rejected too old 0)"
+        )
+        assert lines[2].startswith("  error    ")
+        # It works again: the spool goes up, the loss stays on show.
+        server.start()
+        await cloud.shipper.flush(timeout=60)
+        facts, lines = shown()
+        assert facts["state"] == "shipping" and facts["last_error"] is None
+        assert facts["spool_events"] == 0 and facts["delivered"] == 1 + 100 - lost
+        assert lines[0].endswith("last upload 0 s ago, 0 waiting")
+        assert lines[1].startswith(f"  dropped  {lost} log lines since start")
+    finally:
+        cloud.shipper.close()
+    assert cloud_settings.cloudwatch.spool_bytes == 65536
+    got = [json.loads(m)["msg"] for m in messages(port, group)]
+    assert got[0] == "before the outage" and got[-1].startswith("during the outage 099 ")
+    assert len(got) == 1 + 100 - lost
 
 
 def test_provider_403_is_explained(pki: PkiBundle, provider: Provider) -> None:

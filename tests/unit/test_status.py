@@ -16,6 +16,7 @@ from drivers.counter import Counter, CounterOptions
 from gateway import __version__, status
 from gateway.buffer import Buffer
 from gateway.cli import main
+from gateway.cloudwatch import CloudWatch, LogEvent
 from gateway.config import Settings, load_settings
 from gateway.daemon import Daemon, mqtt_target
 from gateway.pki import write_pki
@@ -103,6 +104,10 @@ async def test_snapshot_of_a_daemon(daemon: Daemon) -> None:
     assert snap["counters"]["readings_taken"] == 1
     assert snap["shadow"]["enabled"] is False and snap["shadow"]["state"] == "off"
     assert snap["shadow"]["applied"] == {} and snap["shadow"]["refused"] == {}
+    cw = snap["cloudwatch"]
+    assert cw["enabled"] is False and cw["state"] == "off"
+    assert (cw["log_group"], cw["log_stream"]) == ("/wsn-gateway", "gw")
+    assert cw["dropped_total"] == 0 and set(cw["dropped"]) >= {"queue_full", "spool_over_cap"}
 
 
 def test_certificate_that_cannot_be_read(tmp_path: Path) -> None:
@@ -174,11 +179,47 @@ def _snap(**changes: Any) -> dict[str, Any]:
         },
         "disk_full": False,
         "certificate": {"path": "/etc/c.pem", "not_after": NOW + 20 * 86400, "days_left": 20},
+        "cloudwatch": _cw(),
         "shadow": _shadow(),
         "counters": {"readings_dropped": 0},
     }
     base.update(changes)
     return base
+
+
+def _cw(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "enabled": True,
+        "log_group": "/wsn-gateway",
+        "log_stream": "barn-7",
+        "state": "shipping",
+        "last_upload_time": NOW - 4,
+        "delivered": 5120,
+        "queued": 0,
+        "spool_events": 0,
+        "spool_bytes": 0,
+        "spool_cap_bytes": 16 * 1024 * 1024,
+        "dropped": {
+            "queue_full": 0,
+            "spool_over_cap": 0,
+            "rejected_too_old": 0,
+            "rejected_too_new": 0,
+            "rejected_expired": 0,
+        },
+        "dropped_total": 0,
+        "last_error": None,
+        "last_error_time": None,
+    }
+    base.update(changes)
+    return base
+
+
+def _cw_text(**changes: Any) -> list[str]:
+    """The CloudWatch lines of the rendered status."""
+    lines = status.render(_snap(cloudwatch=_cw(**changes)), NOW).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("cloudwatch "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("shadow "))
+    return lines[start:end]
 
 
 def _shadow(**changes: Any) -> dict[str, Any]:
@@ -559,3 +600,121 @@ def test_cli_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     status.write_atomically(state / "status.json", _snap(time=time.time() - 60))
     assert main(["status", "--config", str(config)]) == 1
     assert "not running — last seen 60 s ago" in capsys.readouterr().out
+
+
+# --- CloudWatch Logs shipping ----------------------------------------------------------------
+def test_render_cloudwatch_shipping() -> None:
+    assert _cw_text() == [
+        "cloudwatch   shipping to /wsn-gateway/barn-7, last upload 4 s ago, 0 waiting",
+        "  dropped  0 log lines since start",
+    ]
+    assert _cw_text(queued=12, last_upload_time=None) == [
+        "cloudwatch   shipping to /wsn-gateway/barn-7, last upload never, 12 waiting",
+        "  dropped  0 log lines since start",
+    ]
+    text = status.render(_snap(), NOW)  # between the certificate and the shadow
+    lines = text.splitlines()
+    at = lines.index("cloudwatch   shipping to /wsn-gateway/barn-7, last upload 4 s ago, 0 waiting")
+    assert lines[at - 1].startswith("certificate ") and lines[at + 2].startswith("shadow ")
+
+
+def test_render_cloudwatch_losing_lines() -> None:
+    dropped = {
+        "queue_full": 0,
+        "spool_over_cap": 12,
+        "rejected_too_old": 0,
+        "rejected_too_new": 0,
+        "rejected_expired": 0,
+    }
+    assert _cw_text(
+        state="failing",
+        last_upload_time=NOW - 3 * 3600,
+        queued=40,
+        spool_events=1500,
+        spool_bytes=65_000,
+        spool_cap_bytes=65_536,
+        dropped=dropped,
+        dropped_total=12,
+        last_error="Could not connect to the endpoint URL",
+        last_error_time=NOW - 5,
+    ) == [
+        "cloudwatch   UPLOAD FAILING, spooling for /wsn-gateway/barn-7, last upload 3 h 00 min"
+        " ago, 1,540 waiting (1,500 in the spool, 63.5 KiB of 64.0 KiB)",
+        "  dropped  12 log lines since start (queue full 0, spool over cap 12, rejected too old 0)",
+        "  error    Could not connect to the endpoint URL (5 s ago)",
+    ]
+    # Rarer reasons are named only when they lost lines.
+    lines = _cw_text(
+        dropped={**dropped, "rejected_too_new": 2, "rejected_expired": 1}, dropped_total=15
+    )
+    assert lines[1] == (
+        "  dropped  15 log lines since start (queue full 0, spool over cap 12,"
+        " rejected too old 0, too new 2, expired 1)"
+    )
+
+
+def test_render_cloudwatch_off_unsynced_and_old_files() -> None:
+    assert _cw_text(enabled=False, state="off") == ["cloudwatch   off"]
+    lines = _cw_text(state="clock unsynchronised", spool_events=None, spool_bytes=None)
+    assert lines[0] == (
+        "cloudwatch   clock not synchronised, spooling for /wsn-gateway/barn-7,"
+        " last upload 4 s ago, 0 waiting"
+    )
+    snap = _snap()
+    del snap["cloudwatch"]  # a status file of a daemon from before CloudWatch was shown
+    assert "cloudwatch" not in status.render(snap, NOW)
+
+
+def test_cloudwatch_facts_read_the_counters(tmp_path: Path) -> None:
+    d = _daemon(
+        tmp_path,
+        "cloudwatch: {enabled: true, region: eu-west-1, log_group: /farm, spool_bytes: 64KiB}\n",
+    )
+    assert status.snapshot(d, now=NOW)["cloudwatch"]["state"] == "not started"
+
+    async def nothing() -> tuple[int, None]:
+        return 0, None
+
+    cloud = CloudWatch(
+        d.settings,
+        counters=d.counters,
+        pollers=list,
+        latencies=list,
+        buffer_state=nothing,
+        context_factory=lambda: None,
+        client_factory=lambda: None,  # never called: nothing is shipped here
+    )
+    try:
+        d._cloud = cloud
+        cloud.handler.queue = type(cloud.handler.queue)(maxlen=2)
+        for i in range(5):
+            cloud.handler.put(LogEvent(i, "x"))
+        shipper = cloud.shipper
+        shipper.spool.dropped = 7
+        shipper.spool.events, shipper.spool.bytes = 3, 120
+        shipper.stats.rejected_too_old = 1
+        shipper.stats.delivered = 9
+        shipper.last_upload = NOW - 10
+        snap = json.loads(json.dumps(status.snapshot(d, now=NOW)))
+    finally:
+        cloud.shipper.close()
+    cw = snap["cloudwatch"]
+    assert cw["enabled"] is True and cw["state"] == "shipping"
+    assert (cw["log_group"], cw["log_stream"]) == ("/farm", "gw")
+    assert (cw["queued"], cw["spool_events"], cw["spool_bytes"]) == (2, 3, 120)
+    assert cw["spool_cap_bytes"] == 65536 and cw["delivered"] == 9
+    assert cw["last_upload_time"] == NOW - 10
+    assert cw["dropped"] == {
+        "queue_full": 3,
+        "spool_over_cap": 7,
+        "rejected_too_old": 1,
+        "rejected_too_new": 0,
+        "rejected_expired": 0,
+    }
+    assert cw["dropped_total"] == 11
+    text = status.render(snap, NOW)
+    assert "cloudwatch   shipping to /farm/gw, last upload 10 s ago, 5 waiting" in text
+    assert (
+        "  dropped  11 log lines since start (queue full 3, spool over cap 7,"
+        " rejected too old 1)" in text
+    )
