@@ -170,6 +170,11 @@ class Daemon:
         self.notifier = Notifier()
         self._cloud: CloudWatch | None = None
 
+    @property
+    def cloudwatch(self) -> CloudWatch | None:
+        """The CloudWatch Logs shipper of this run, when ``cloudwatch.enabled``."""
+        return self._cloud
+
     # --- signals --------------------------------------------------------------------
     def request_stop(self) -> None:
         """Stop gracefully (SIGTERM, SIGINT)."""
@@ -629,6 +634,10 @@ class Daemon:
             # Full: it hit a limit, or it took every candidate and more are waiting.
             full = refitted or sealed.count < len(candidates) or sealed.count >= limit
             if not (force or full):
+                # It looked due, but everything fitted: the bytes per record estimate
+                # was too high. Learn it from this attempt, so that the next one waits
+                # until a batch is full rather than seal and discard it every commit.
+                self._record_bytes = len(sealed.payload) / sealed.count
                 return None
             if live and not refitted and sealed.count < len(candidates):
                 # A live batch is filled from the newest end: seal again without the

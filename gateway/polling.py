@@ -5,7 +5,6 @@ that hangs or fails never delays the others."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import math
@@ -76,14 +75,17 @@ class Poller:
         self.power_cycle = power_cycle
         self.status = SensorStatus()
         self._needs_setup = True
-        self._rescheduled = asyncio.Event()
+        #: The wait between two polls, while one is in progress (see _nap).
+        self._waiter: asyncio.Future[bool] | None = None
 
     def set_interval(self, interval: float) -> None:
         """Poll every ``interval`` seconds from now on, without a restart: the schedule
         starts again from the slot of the last poll, and a wait in progress is cut
         short (a sensor polled hourly does not wait out the old hour)."""
         self.interval = interval
-        self._rescheduled.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
 
     async def run(self) -> None:
         """Poll forever on a monotonic schedule: slot k is at start + k·interval, so
@@ -99,14 +101,26 @@ class Poller:
                     start, slot, interval = polled, 0, self.interval
                 now = loop.time()
                 due = max(slot + 1, math.ceil((now - start) / interval))
-                self._rescheduled.clear()
-                # asyncio.timeout, not wait_for: see _attempt.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(start + due * interval - now):
-                        await self._rescheduled.wait()
+                if await self._nap(start + due * interval):
                     continue  # the interval changed: schedule again
                 slot = due
                 break
+
+    async def _nap(self, when: float) -> bool:
+        """Wait until loop time ``when``; True when :meth:`set_interval` cut it short.
+
+        A future and a timer rather than ``asyncio.timeout`` around an event: the wait
+        normally runs out, and a timeout that fires costs a task cancellation and two
+        exceptions, every poll of every sensor."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_at(when, _resolve, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     async def _attempt(self) -> list[Measurement]:
         if self._needs_setup:
@@ -212,6 +226,11 @@ class Poller:
                 },
             )
             status.health = health
+
+
+def _resolve(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 def _describe(err: BaseException, timeout: float) -> str:

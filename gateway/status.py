@@ -337,7 +337,7 @@ def snapshot(
         else certificate_facts(s.mqtt.cert, now),
         "shadow": shadow_facts(daemon, now),
         # the daemon's CloudWatch of this run (None when off, or not started yet)
-        "cloudwatch": cloudwatch_facts(s, daemon._cloud),
+        "cloudwatch": cloudwatch_facts(s, daemon.cloudwatch),
         "counters": daemon.counters.snapshot(),
     }
 

@@ -111,3 +111,20 @@ def test_lookahead_follows_the_rate_limits(tmp_path: Path) -> None:
     daemon = _daemon(tmp_path, max_bytes=128_000)
     # AWS IoT's limits: 512 KiB/s of 128 KB batches is about 4 a second.
     assert daemon._lookahead() == 9
+
+
+def test_a_batch_that_was_not_full_corrects_the_size_estimate(tmp_path: Path) -> None:
+    """A seal that finds the batch not full after all lowers the bytes-per-record
+    estimate, so the next commit does not trigger another wasted attempt."""
+    daemon = _daemon(tmp_path)
+    assert daemon.buffer is not None
+    daemon._record_bytes = 100.0  # too high: 11 short records look like a full batch
+    daemon.buffer.add(_counts(11))
+    assert daemon._seal_due(11, force=False)
+    assert daemon._seal_one(force=False) is None
+    assert daemon.buffer.count == 11
+    assert daemon._record_bytes < 1024 / 11
+    assert not daemon._seal_due(11, force=False)
+    daemon.buffer.add(_counts(200))
+    sealed = daemon._seal_one(force=False)
+    assert sealed is not None and len(sealed.payload) <= 1024
