@@ -419,8 +419,10 @@ class GpioSettings(_Model):
 
 
 _LOG_GROUP_RE = re.compile(r"^[A-Za-z0-9._/#-]{1,512}$")
-_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-_IOT_REGION_RE = re.compile(r"\.iot\.([a-z]{2}(?:-[a-z]+)+-\d+)\.amazonaws\.com$")
+#: An AWS region name (eu-west-1, cn-north-1, us-gov-west-1).
+AWS_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+#: The region inside an AWS IoT endpoint host name.
+IOT_ENDPOINT_REGION_RE = re.compile(r"\.iot\.([a-z]{2}(?:-[a-z]+)+-\d+)\.amazonaws\.com(?:\.cn)?$")
 
 
 class CloudWatchSettings(_Model):
@@ -441,7 +443,7 @@ class CloudWatchSettings(_Model):
     @field_validator("region")
     @classmethod
     def _check_region(cls, value: str | None) -> str | None:
-        if value is not None and not _REGION_RE.match(value):
+        if value is not None and not AWS_REGION_RE.match(value):
             raise _invalid(f"must be an AWS region such as eu-west-1 (got {_show(value)})")
         return value
 
@@ -515,7 +517,7 @@ class CloudWatchSettings(_Model):
         if self.region is not None:
             return self.region
         for host in (self.credentials_endpoint or "", settings.mqtt.endpoint):
-            match = _IOT_REGION_RE.search(host.split(":")[0])
+            match = IOT_ENDPOINT_REGION_RE.search(host.split(":")[0])
             if match:
                 return match.group(1)
         return None

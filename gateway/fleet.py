@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import pwd
 import re
 import tempfile
 import time
@@ -49,7 +48,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.config import AWS_REGION_RE
 from gateway.errors import GatewayError
+from gateway.files import owner_ids
 from gateway.pki import generate_key
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,6 @@ RESPONSE_SUFFIXES = ("accepted", "rejected")
 #: AWS IoT template names: 1 to 36 characters of letters, digits, ``-`` and ``_``.
 _TEMPLATE_RE = re.compile(r"^[0-9A-Za-z_-]{1,36}$")
 _ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
-_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 #: AWS IoT Core refuses a longer MQTT client id.
 _MAX_CLIENT_ID_BYTES = 128
 _BUNDLED_CA = "data/amazon-root-ca.pem"
@@ -124,7 +124,7 @@ def claim_policy_document(region: str, account: str, template: str) -> dict[str,
     certificate copied off a device can do no more than provision devices.
     """
     _check_template(template)
-    if not _REGION_RE.match(region):
+    if not AWS_REGION_RE.match(region):
         raise ValueError(f"not an AWS region: {region!r} (e.g. eu-west-1)")
     if not _ACCOUNT_RE.match(account):
         raise ValueError(f"not an AWS account id: {account!r} (12 digits)")
@@ -242,7 +242,10 @@ def provision_by_claim(
             raise FleetProvisioningError(
                 f"template parameters are strings (got {name!r}: {value!r})"
             )
-    uid_gid = _owner_ids(owner)
+    try:
+        uid_gid = owner_ids(owner)
+    except GatewayError as err:
+        raise FleetProvisioningError(str(err)) from None
 
     files = _Files(out_dir)
     files.remove_stale_temporaries()
@@ -357,20 +360,6 @@ def _partition(region: str) -> str:
     if region.startswith("us-gov-"):
         return "aws-us-gov"
     return "aws"
-
-
-def _owner_ids(owner: str | None) -> tuple[int, int] | None:
-    """The uid/gid to give the files to: only when asked for and running as root."""
-    if owner is None or os.geteuid() != 0:
-        return None
-    try:
-        user = pwd.getpwnam(owner)
-    except KeyError:
-        raise FleetProvisioningError(
-            f"no user {owner!r} to own the key: create the service user first "
-            "(systemd/install.sh does), or leave the owner out"
-        ) from None
-    return user.pw_uid, user.pw_gid
 
 
 def _spki(public_key: Any) -> bytes:

@@ -34,7 +34,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from gateway.config import AWS_REGION_RE
 from gateway.errors import GatewayError
+from gateway.files import owner_ids, write_atomically
 from gateway.iot_policy import PolicyScope, device_policy, provisioning_iam_policy
 from gateway.pki import generate_key
 from gateway.provision_config import ConfigPlan, ProvisionedConfig, apply_config, plan_config
@@ -139,7 +141,7 @@ def check_options(options: ProvisionOptions) -> None:
             f"--basic-ingest {options.basic_ingest_rule!r}: an AWS IoT rule name is letters, "
             "digits and '_' only (the stack's output TelemetryRuleName, e.g. wsn_telemetry)"
         )
-    if not re.match(r"^[a-z]{2}(-[a-z]+)+-\d+$", options.region):
+    if not AWS_REGION_RE.match(options.region):
         raise ProvisionUsageError(
             f"--region {options.region!r}: give an AWS region such as eu-west-1"
         )
@@ -284,7 +286,7 @@ class Provisioner:
         kid = self._signing_key()
         self._files()
         if config is not None and not o.dry_run:
-            apply_config(config, group=_group_of(o.owner))
+            apply_config(config, owner=owner_ids(o.owner))
         return ProvisionResult(
             thing=o.thing,
             endpoint=endpoint,
@@ -589,35 +591,18 @@ def _write_private(path: Path, data: bytes, owner: str | None) -> None:
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    """A certificate: replaced atomically, mode 0644."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
+    """A certificate: replaced whole, mode 0644."""
     try:
-        temporary.write_bytes(data)
-        temporary.chmod(0o644)
-        temporary.replace(path)
+        write_atomically(path, data)
     except OSError as err:
         raise ProvisionError(f"{path}: cannot write: {err}") from err
 
 
 def _chown(path: Path, owner: str | None) -> None:
-    """Give a private key to the service user, when run as root and the user exists."""
-    if owner is None or os.geteuid() != 0:
-        return
-    try:
-        user = pwd.getpwnam(owner)
-    except KeyError:
-        return
-    os.chown(path, user.pw_uid, user.pw_gid)
-
-
-def _group_of(owner: str | None) -> int | None:
-    if owner is None:
-        return None
-    try:
-        return pwd.getpwnam(owner).pw_gid
-    except KeyError:
-        return None
+    """Give a private key to the service user, when run as root."""
+    ids = owner_ids(owner)
+    if ids is not None:
+        os.chown(path, *ids)
 
 
 def default_owner() -> str | None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gateway.config import CONFIG_ENV, default_config_path
+from gateway.config import CONFIG_ENV, IOT_ENDPOINT_REGION_RE, default_config_path
+from gateway.files import write_atomically
 from gateway.iot_policy import device_policy
 from gateway.provision import (
     Provisioner,
@@ -132,7 +132,22 @@ def _existing_state_dir(config: Path) -> Path | None:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    """Provision this gateway in AWS IoT."""
+    """Provision this gateway in AWS IoT; a file it cannot read or write is named with
+    what to do, not shown as a traceback (running it again picks up where it stopped)."""
+    try:
+        return _provision(args)
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        print(
+            f"wsn-gateway provision: {where}{err.strerror or err}: it writes the "
+            "configuration directory and the state directory; run it with sudo, or give "
+            "--config and --state-dir where you may write. Running it again is safe.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _provision(args: argparse.Namespace) -> int:
     if args.print_iam_policy:
         print(iam_policy_text())
         return 0
@@ -189,9 +204,6 @@ def _options(args: argparse.Namespace, *, thing: str) -> ProvisionOptions:
     )
 
 
-_ENDPOINT_REGION = re.compile(r"\.iot\.([a-z]{2}(?:-[a-z]+)+-\d+)\.amazonaws\.com(?:\.cn)?$")
-
-
 def _cmd_claim(args: argparse.Namespace) -> int:
     """Fleet provisioning by claim, then the configuration for the thing it names.
 
@@ -210,7 +222,7 @@ def _cmd_claim(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    match = _ENDPOINT_REGION.search(args.endpoint)
+    match = IOT_ENDPOINT_REGION_RE.search(args.endpoint)
     region = args.region or (match.group(1) if match else None)
     if region is None:
         print(
@@ -238,7 +250,7 @@ def _cmd_claim(args: argparse.Namespace) -> int:
     print(f"{state} thing {result.thing_name} (certificate {result.certificate_id[:16]}…)")
     ca = args.ca.absolute() if args.ca else options.ca_path
     if args.ca is None and (not ca.exists() or ca.read_bytes() != root_ca_pem()):
-        ca.write_bytes(root_ca_pem())
+        write_atomically(ca, root_ca_pem())
     plan = plan_config(
         options.config_path,
         ProvisionedConfig(

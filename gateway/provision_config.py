@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.config import load_settings
 from gateway.errors import ConfigError, GatewayError
+from gateway.files import write_atomically
 
 
 @dataclass(frozen=True)
@@ -228,29 +229,15 @@ def _validate(path: Path, text: str) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def apply_config(plan: ConfigPlan, *, group: int | None = None) -> None:
-    """Put the planned text in place atomically; an existing file is kept as ``.bak``
-    and its mode and owner carry over. A new file is 0640, in ``group`` if given."""
+def apply_config(plan: ConfigPlan, *, owner: tuple[int, int] | None = None) -> None:
+    """Put the planned text in place, whole; an existing file is kept as ``.bak`` and
+    its mode and owner carry over. A new file is 0640, readable by ``owner``'s group
+    (the service user's) when given."""
     path = plan.path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".yaml")
-    temporary = Path(name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(plan.text)
-        temporary.chmod(0o640)
-        if path.exists():
-            path.with_name(path.name + ".bak").write_bytes(path.read_bytes())
-            temporary.chmod(path.stat().st_mode & 0o777)
-            _copy_owner(path, temporary)
-        elif group is not None and os.geteuid() == 0:
-            os.chown(temporary, 0, group)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _copy_owner(source: Path, target: Path) -> None:
-    if os.geteuid() == 0:
-        stat = source.stat()
-        os.chown(target, stat.st_uid, stat.st_gid)
+    mode, ids = 0o640, None if owner is None else (0, owner[1])
+    if path.exists():
+        write_atomically(path.with_name(path.name + ".bak"), path.read_bytes())
+        stat = path.stat()
+        mode = stat.st_mode & 0o777
+        ids = (stat.st_uid, stat.st_gid) if os.geteuid() == 0 else None
+    write_atomically(path, plan.text.encode("utf-8"), mode=mode, owner=ids)

@@ -21,7 +21,6 @@ desired key deleted (or set to null) goes back to the file's value.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
 import itertools
 import json
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.config import SensorSettings, Settings, _explain, _format_loc, _show
 from gateway.errors import PublishError
+from gateway.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -405,24 +405,10 @@ def _version(document: Mapping[str, Json]) -> int | None:
 
 
 def write_json_atomically(path: Path, data: Mapping[str, Json]) -> None:
-    """Write ``data`` as JSON to ``path`` so that a power cut leaves the old file or the
-    new one, never half of one: a temporary file beside it, fsync, rename, fsync."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Write ``data`` as JSON to ``path``, whole or not at all (a power cut leaves the
+    old file or the new one)."""
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    write_atomically(path, text.encode("utf-8"))
 
 
 class RemoteConfig:

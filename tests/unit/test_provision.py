@@ -511,3 +511,22 @@ def test_the_example_configuration_install_sh_copies_is_provisioned_in_place(
     text = options.config_path.read_text()
     assert all(comment.strip() in text for comment in comments)
     assert _provision(options).changes == []
+
+
+def test_cli_names_a_file_it_cannot_write_instead_of_a_traceback(aws: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    done = _cli(
+        "--thing",
+        THING,
+        "--region",
+        REGION,
+        "--config",
+        str(blocker / "gateway.yaml"),
+        "--state-dir",
+        str(tmp_path / "s"),
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "not-a-directory" in done.stderr
+    assert aws.list_things()["things"] == []  # it stopped before changing anything
