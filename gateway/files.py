@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from gateway.errors import GatewayError
@@ -54,3 +55,8 @@ def owner_ids(owner: str | None) -> tuple[int, int] | None:
             "(systemd/install.sh does), or leave the owner out"
         ) from None
     return user.pw_uid, user.pw_gid
+
+
+def root_ca_pem() -> bytes:
+    """Amazon Root CA 1 and 3, shipped with the package (no download at install time)."""
+    return resources.files("gateway").joinpath("data/amazon-root-ca.pem").read_bytes()

@@ -38,7 +38,6 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.config import AWS_REGION_RE
 from gateway.errors import GatewayError
-from gateway.files import owner_ids
+from gateway.files import owner_ids, root_ca_pem
 from gateway.pki import generate_key
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,6 @@ _TEMPLATE_RE = re.compile(r"^[0-9A-Za-z_-]{1,36}$")
 _ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
 #: AWS IoT Core refuses a longer MQTT client id.
 _MAX_CLIENT_ID_BYTES = 128
-_BUNDLED_CA = "data/amazon-root-ca.pem"
 #: Seconds to wait for the MQTT DISCONNECT to finish at the end.
 _DISCONNECT_WAIT = 1.0
 
@@ -423,7 +421,7 @@ def _read_ca(ca: Path | None) -> bytes:
             raise FleetProvisioningError(f"{ca}: not a PEM certificate bundle")
         return data
     try:
-        return resources.files("gateway").joinpath(_BUNDLED_CA).read_bytes()
+        return root_ca_pem()
     except OSError:
         raise FleetProvisioningError(
             "no CA bundle given and none shipped with this installation: give the CA "

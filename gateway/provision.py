@@ -25,7 +25,6 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.config import AWS_REGION_RE
 from gateway.errors import GatewayError
-from gateway.files import owner_ids, write_atomically
+from gateway.files import owner_ids, root_ca_pem, write_atomically
 from gateway.iot_policy import PolicyScope, device_policy, provisioning_iam_policy
 from gateway.pki import generate_key
 from gateway.provision_config import ConfigPlan, ProvisionedConfig, apply_config, plan_config
@@ -147,11 +146,6 @@ def check_options(options: ProvisionOptions) -> None:
         )
     if options.signing not in ("ed25519", "certificate"):
         raise ProvisionUsageError(f"--signing {options.signing!r}: use ed25519 or certificate")
-
-
-def root_ca_pem() -> bytes:
-    """Amazon Root CA 1 and 3, shipped with the package (no download at install time)."""
-    return resources.files("gateway").joinpath("data/amazon-root-ca.pem").read_bytes()
 
 
 def certificate_id(cert: x509.Certificate) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from gateway.config import CONFIG_ENV, IOT_ENDPOINT_REGION_RE, default_config_path
-from gateway.files import write_atomically
+from gateway.files import root_ca_pem, write_atomically
 from gateway.iot_policy import device_policy
 from gateway.provision import (
     Provisioner,
@@ -22,7 +22,6 @@ from gateway.provision import (
     clients,
     default_owner,
     iam_policy_text,
-    root_ca_pem,
 )
 from gateway.provision_config import ProvisionedConfig, apply_config, plan_config
 

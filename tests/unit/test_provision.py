@@ -34,6 +34,7 @@ from moto.server import ThreadedMotoServer
 
 from gateway import provision_cli
 from gateway.config import load_settings
+from gateway.files import root_ca_pem
 from gateway.provision import (
     KEY_ATTRIBUTE,
     KID_ATTRIBUTE,
@@ -41,7 +42,6 @@ from gateway.provision import (
     ProvisionError,
     ProvisionOptions,
     clients,
-    root_ca_pem,
 )
 from gateway.signing import load_or_create_ed25519
 
