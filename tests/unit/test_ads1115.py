@@ -4,14 +4,23 @@ register traffic, and the driver against the simulator."""
 from __future__ import annotations
 
 import errno
-import json
 import logging
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from i2c_checks import (
+    FakeTime,
+    WordRecorder,
+    check_bus_error_propagates,
+    check_registered,
+    sensor_quantity_units,
+    sim_bus,
+    values,
+)
 from pydantic import ValidationError
+from sim_tree_checks import read_example
 
 from drivers.ads1115 import (
     ADS1115,
@@ -33,56 +42,18 @@ from drivers.ads1115 import (
     to_signed,
     word_bytes,
 )
-from drivers.base import DriverContext, load_driver
+from drivers.base import DriverContext
 from drivers.sim.ads1115 import VDD, SimADS1115, raw_code
 from drivers.sim.bme280 import SimBME280
 from drivers.sim.bus import SimBus
 from drivers.sim.ina219 import SimINA219
-from gateway.cli import main
 from gateway.config import load_settings
 from gateway.errors import ConfigError, SensorError, SensorRangeError
-from gateway.readings import Measurement
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "examples" / "ads1115.yaml"
 ADDRESS = 0x48
 GAINS = tuple(PGA_CODES)
-
-
-class FakeTime:
-    """A clock and a sleep that advances it, shared by the driver and the simulator."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-class Recorder:
-    """A SimBus behind the two block methods the driver uses; logs each register access."""
-
-    def __init__(self, bus: SimBus) -> None:
-        self.bus = bus
-        self.calls: list[tuple[str, int, int | None]] = []
-
-    def read_i2c_block_data(
-        self, i2c_addr: int, register: int, length: int, force: bool | None = None
-    ) -> list[int]:
-        data = self.bus.read_i2c_block_data(i2c_addr, register, length)
-        self.calls.append(("read", register, parse_word(data)))
-        return data
-
-    def write_i2c_block_data(
-        self, i2c_addr: int, register: int, data: list[int], force: bool | None = None
-    ) -> None:
-        self.calls.append(("write", register, parse_word(data)))
-        self.bus.write_i2c_block_data(i2c_addr, register, data)
 
 
 def channel(name: str, pair: str, **more: object) -> dict[str, object]:
@@ -102,17 +73,8 @@ def sim_setup(
 ) -> tuple[SimBus, SimADS1115, ADS1115, FakeTime]:
     time = FakeTime()
     chip = SimADS1115(seed=5, drift=False, clock=time.clock)
-    bus = SimBus()
-    bus.attach(ADDRESS, chip)
+    bus = sim_bus(ADDRESS, chip)
     return bus, chip, make_driver(bus, time, *channels, **options), time
-
-
-def values(measurements: list[Measurement]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for m in measurements:
-        assert isinstance(m.value, float)
-        out[m.quantity] = m.value
-    return out
 
 
 # --- config words and output codes against the datasheet ------------------------------------
@@ -224,7 +186,7 @@ def test_setup_writes_power_down_config_and_reads_it_back() -> None:
     time = FakeTime()
     sim = SimBus()
     sim.attach(ADDRESS, SimADS1115(drift=False, clock=time.clock))
-    bus = Recorder(sim)
+    bus = WordRecorder(sim, parse_word)
     make_driver(bus, time, channel("a", "AIN2", gain=0.512), data_rate=860).setup()
     idle = config_word("AIN2", 0.512, 860, start=False)
     assert bus.calls == [("write", REG_CONFIG, idle), ("read", REG_CONFIG, idle | OS)]
@@ -234,7 +196,7 @@ def test_read_converts_each_channel_single_shot() -> None:
     time = FakeTime()
     sim = SimBus()
     sim.attach(ADDRESS, SimADS1115(drift=False, clock=time.clock))
-    bus = Recorder(sim)
+    bus = WordRecorder(sim, parse_word)
     driver = make_driver(bus, time, channel("a", "AIN0"), channel("b", "AIN1-AIN3", gain=4.096))
     driver.setup()
     bus.calls.clear()
@@ -383,20 +345,15 @@ def test_setup_refuses_a_chip_that_does_not_keep_the_config() -> None:
 @pytest.mark.parametrize("code", [errno.EREMOTEIO, errno.EIO, errno.ETIMEDOUT])  # 121, 5, 110
 def test_bus_errors_propagate_from_read_and_the_next_read_recovers(code: int) -> None:
     bus, chip, driver, _ = sim_setup(channel("x", "AIN0"))
-    driver.setup()
-    bus.inject_faults(code)
-    with pytest.raises(OSError) as caught:
-        driver.read()
-    assert caught.value.errno == code
-    assert not isinstance(caught.value, SensorError)
+    error = check_bus_error_propagates(bus, driver, code)
+    assert not isinstance(error, SensorError)
     chip.inputs[0] = 1.1
     assert values(driver.read())["x"] == pytest.approx(1.1, abs=lsb_size(2.048))
 
 
 def test_real_clock_default_sleep() -> None:
     chip = SimADS1115(seed=2, drift=False)
-    bus = SimBus()
-    bus.attach(0x4B, chip)
+    bus = sim_bus(0x4B, chip)
     opts = ADS1115Options.model_validate({"channels": [channel("x", "AIN3")], "data_rate": 860})
     driver = ADS1115(DriverContext("adc", bus, 0x4B), opts)
     chip.inputs[3] = 0.25
@@ -494,16 +451,15 @@ def test_a_bad_gain_in_a_config_file_names_file_line_and_choices(tmp_path: Path)
 
 
 def test_registered_under_its_name() -> None:
-    assert load_driver("ads1115") is ADS1115
-    assert ADS1115.addresses == (0x48, 0x49, 0x4A, 0x4B)  # 7.5.1.1: ADDR to GND/VDD/SDA/SCL
+    # 7.5.1.1: ADDR to GND/VDD/SDA/SCL
+    check_registered("ads1115", ADS1115, (0x48, 0x49, 0x4A, 0x4B))
 
 
 def test_read_command_prints_every_channel_with_its_unit(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["read", "--config", str(EXAMPLE)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["sensor"], r["quantity"], r["unit"]) for r in lines] == [
+    lines = read_example(EXAMPLE, capsys)
+    assert sensor_quantity_units(lines) == [
         ("cabinet", "supply", "V"),
         ("cabinet", "battery", "V"),
         ("cabinet", "pressure", "Pa"),

@@ -4,7 +4,6 @@ against the simulator. Page numbers refer to "BH1750FVI Technical Note" (2009.04
 from __future__ import annotations
 
 import errno
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -12,10 +11,18 @@ from typing import Any, cast
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from i2c_checks import (
+    FakeTime,
+    check_bus_error_propagates,
+    check_registered,
+    sensor_quantity_units,
+    sim_bus,
+)
 from pydantic import ValidationError
+from sim_tree_checks import read_example
 from smbus2 import i2c_msg
 
-from drivers.base import DriverContext, load_driver, out_of_range
+from drivers.base import DriverContext, out_of_range
 from drivers.bh1750 import (
     BH1750,
     MTREG_DEFAULT,
@@ -38,7 +45,6 @@ from drivers.bh1750 import (
 from drivers.sim.bh1750 import DAY_SECONDS, NIGHT_LUX, NOON_LUX, SimBH1750, raw_count
 from drivers.sim.bme280 import SimBME280
 from drivers.sim.bus import SimBus
-from gateway.cli import main
 from gateway.errors import SensorError, SensorRangeError
 from gateway.readings import Measurement
 
@@ -46,21 +52,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "examples" / "bh1750.yaml"
 ADDRESS = 0x23
 RESOLUTIONS: tuple[Resolution, ...] = ("high", "high2", "low")
-
-
-class FakeTime:
-    """A clock and a sleep that advances it, shared by the driver and the simulator."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Recorder:
@@ -85,8 +76,7 @@ class Recorder:
 def sim_setup(**options: object) -> tuple[SimBus, SimBH1750, BH1750, FakeTime]:
     time = FakeTime()
     chip = SimBH1750(seed=7, drift=False, clock=time.clock)
-    bus = SimBus()
-    bus.attach(ADDRESS, chip)
+    bus = sim_bus(ADDRESS, chip)
     return bus, chip, make_driver(bus, time, **options), time
 
 
@@ -292,12 +282,8 @@ def test_chip_powers_down_after_a_one_time_measurement() -> None:
 @pytest.mark.parametrize("code", [errno.EREMOTEIO, errno.EIO, errno.ETIMEDOUT])  # 121, 5, 110
 def test_bus_errors_propagate_from_read_and_the_next_read_recovers(code: int) -> None:
     bus, chip, driver, _ = sim_setup()
-    driver.setup()
-    bus.inject_faults(code)
-    with pytest.raises(OSError) as caught:
-        driver.read()
-    assert caught.value.errno == code
-    assert not isinstance(caught.value, SensorError)
+    error = check_bus_error_propagates(bus, driver, code)
+    assert not isinstance(error, SensorError)
     chip.illuminance = 321.0
     assert lux(driver.read()) == pytest.approx(321.0, abs=1.0)
 
@@ -312,8 +298,7 @@ def test_empty_address_fails_setup_with_the_bus_error() -> None:
 def test_real_clock_default_sleep() -> None:
     """No fake time at all: the driver's real sleep outlasts the simulated measurement."""
     chip = SimBH1750(seed=1, drift=False)
-    bus = SimBus()
-    bus.attach(0x5C, chip)
+    bus = sim_bus(0x5C, chip)
     driver = BH1750(DriverContext("light", bus, 0x5C), BH1750Options(resolution="low"))
     chip.illuminance = 1000.0
     assert lux(driver.read()) == pytest.approx(1000.0, abs=lux_per_count("low"))
@@ -423,14 +408,11 @@ def test_bad_options_are_refused(options: dict[str, object]) -> None:
 
 
 def test_registered_under_its_name() -> None:
-    assert load_driver("bh1750") is BH1750
-    assert BH1750.addresses == (0x23, 0x5C)  # p.10: ADDR 'L' 0100011, 'H' 1011100
+    # p.10: ADDR 'L' 0100011, 'H' 1011100
+    check_registered("bh1750", BH1750, (0x23, 0x5C))
 
 
 def test_read_command_prints_illuminance_in_lux(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["read", "--config", str(EXAMPLE)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["sensor"], r["quantity"], r["unit"]) for r in lines] == [
-        ("greenhouse-light", "illuminance", "lx")
-    ]
+    lines = read_example(EXAMPLE, capsys)
+    assert sensor_quantity_units(lines) == [("greenhouse-light", "illuminance", "lx")]
     assert 0.0 <= lines[0]["value"] <= NIGHT_LUX + NOON_LUX

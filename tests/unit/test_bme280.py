@@ -10,6 +10,7 @@ import pytest
 import smbus2
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from i2c_checks import FakeTime
 from pydantic import ValidationError
 
 from drivers.base import DriverContext, DriverOptions, load_driver, out_of_range
@@ -70,21 +71,6 @@ DATASHEET_CAL = Calibration(
 )  # fmt: skip
 DATASHEET_ADC_T, DATASHEET_T, DATASHEET_T_FINE = 519888, 25.08, 128422
 DATASHEET_ADC_P, DATASHEET_P = 415148, 100653.27  # Pa
-
-
-class FakeTime:
-    """A clock and a sleep that advances it, shared by the driver and the simulator."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Memory:

@@ -5,16 +5,25 @@ the simulator."""
 from __future__ import annotations
 
 import errno
-import json
 import logging
 from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from i2c_checks import (
+    FakeTime,
+    WordRecorder,
+    check_bus_error_propagates,
+    check_registered,
+    sensor_quantity_units,
+    sim_bus,
+    values,
+)
 from pydantic import ValidationError
+from sim_tree_checks import read_example
 
-from drivers.base import DriverContext, load_driver, out_of_range
+from drivers.base import DriverContext, out_of_range
 from drivers.ina219 import (
     CNVR,
     CONFIG_RESET,
@@ -45,10 +54,8 @@ from drivers.sim.ads1115 import SimADS1115
 from drivers.sim.bme280 import SimBME280
 from drivers.sim.bus import SimBus
 from drivers.sim.ina219 import SimINA219
-from gateway.cli import main
 from gateway.config import load_settings
 from gateway.errors import ConfigError, SensorError, SensorRangeError
-from gateway.readings import Measurement
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "examples" / "ina219.yaml"
@@ -69,42 +76,6 @@ EXAMPLE_REGISTERS = {
 }
 
 
-class FakeTime:
-    """A clock and a sleep that advances it, shared by the driver and the simulator."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-class Recorder:
-    """A SimBus behind the two block methods the driver uses; logs each register access."""
-
-    def __init__(self, bus: SimBus) -> None:
-        self.bus = bus
-        self.calls: list[tuple[str, int, int]] = []
-
-    def read_i2c_block_data(
-        self, i2c_addr: int, register: int, length: int, force: bool | None = None
-    ) -> list[int]:
-        data = self.bus.read_i2c_block_data(i2c_addr, register, length)
-        self.calls.append(("read", register, parse_word(data)))
-        return data
-
-    def write_i2c_block_data(
-        self, i2c_addr: int, register: int, data: list[int], force: bool | None = None
-    ) -> None:
-        self.calls.append(("write", register, parse_word(data)))
-        self.bus.write_i2c_block_data(i2c_addr, register, data)
-
-
 def make_driver(
     bus: object, time: FakeTime, address: int = ADDRESS, /, **options: object
 ) -> INA219:
@@ -117,17 +88,8 @@ def sim_setup(
 ) -> tuple[SimBus, SimINA219, INA219, FakeTime]:
     time = FakeTime()
     chip = SimINA219(seed=9, drift=False, clock=time.clock, shunt_ohms=shunt_ohms)
-    bus = SimBus()
-    bus.attach(ADDRESS, chip)
+    bus = sim_bus(ADDRESS, chip)
     return bus, chip, make_driver(bus, time, shunt_ohms=shunt_ohms, **options), time
-
-
-def values(measurements: list[Measurement]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for m in measurements:
-        assert isinstance(m.value, float)
-        out[m.quantity] = m.value
-    return out
 
 
 def read_register(bus: SimBus, register: int) -> int:
@@ -254,7 +216,7 @@ def test_setup_programs_and_reads_back() -> None:
     time = FakeTime()
     sim = SimBus()
     sim.attach(ADDRESS, SimINA219(drift=False, clock=time.clock))
-    bus = Recorder(sim)
+    bus = WordRecorder(sim, parse_word)
     make_driver(bus, time).setup()
     idle = config_word(32, 320, MODE_POWER_DOWN)
     assert idle == 0x3998  # the reset value 399Fh with mode 000
@@ -272,7 +234,7 @@ def test_read_triggers_and_reads_the_results_then_the_calibration() -> None:
     chip = SimINA219(drift=False, clock=time.clock)
     chip.current = 0.5  # 50 mV, inside ±80 mV
     sim.attach(ADDRESS, chip)
-    bus = Recorder(sim)
+    bus = WordRecorder(sim, parse_word)
     driver = make_driver(bus, time, bus_range=16, pga=80)
     driver.setup()
     bus.calls.clear()
@@ -435,12 +397,8 @@ def test_a_conversion_that_never_ends_is_a_sensor_error() -> None:
 @pytest.mark.parametrize("code", [errno.EREMOTEIO, errno.EIO, errno.ETIMEDOUT])  # 121, 5, 110
 def test_bus_errors_propagate_from_read_and_the_next_read_recovers(code: int) -> None:
     bus, chip, driver, _ = sim_setup()
-    driver.setup()
-    bus.inject_faults(code)
-    with pytest.raises(OSError) as caught:
-        driver.read()
-    assert caught.value.errno == code
-    assert not isinstance(caught.value, SensorError)
+    error = check_bus_error_propagates(bus, driver, code)
+    assert not isinstance(error, SensorError)
     chip.bus_voltage = 9.0
     assert values(driver.read())["bus_voltage"] == pytest.approx(9.0, abs=0.002)
 
@@ -466,8 +424,7 @@ def test_read_sets_up_an_unprepared_driver_without_a_false_alarm(
 
 def test_real_clock_default_sleep() -> None:
     chip = SimINA219(seed=4, drift=False)
-    bus = SimBus()
-    bus.attach(0x45, chip)
+    bus = sim_bus(0x45, chip)
     driver = INA219(DriverContext("power", bus, 0x45), INA219Options())
     chip.bus_voltage = 5.05
     driver.setup()
@@ -580,8 +537,8 @@ def test_a_max_current_too_small_in_a_config_file_names_file_line_and_fix(tmp_pa
 
 
 def test_registered_under_its_name() -> None:
-    assert load_driver("ina219") is INA219
-    assert INA219.addresses == tuple(range(0x40, 0x50))  # 8.5.5.1: 16 addresses by A0, A1
+    # 8.5.5.1: 16 addresses by A0, A1
+    check_registered("ina219", INA219, tuple(range(0x40, 0x50)))
 
 
 def test_signed_registers() -> None:
@@ -593,9 +550,8 @@ def test_signed_registers() -> None:
 def test_read_command_prints_the_four_quantities_with_units(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["read", "--config", str(EXAMPLE)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["sensor"], r["quantity"], r["unit"]) for r in lines] == [
+    lines = read_example(EXAMPLE, capsys)
+    assert sensor_quantity_units(lines) == [
         ("pump", "bus_voltage", "V"),
         ("pump", "shunt_voltage", "V"),
         ("pump", "current", "A"),

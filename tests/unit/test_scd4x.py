@@ -6,17 +6,33 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from i2c_checks import (
+    BUS_ERRORS,
+    FakeTime,
+    check_bus_error_propagates,
+    check_example_documents_every_option,
+    check_identify_none_for_a_bme280,
+    check_missing_bus_is_a_clear_error,
+    check_registered,
+    check_wrong_options_type_is_refused,
+    nacks,
+    poller_for,
+    sensor_quantity_units,
+    sim_bus,
+    values,
+    worker_named,
+)
 from pydantic import ValidationError
+from sim_tree_checks import read_example
 
-from drivers.base import DriverContext, DriverOptions, load_driver, out_of_range
+from drivers.base import DriverContext, out_of_range
 from drivers.scd4x import (
     ADDRESS,
     CMD_GET_DATA_READY_STATUS,
@@ -41,14 +57,10 @@ from drivers.scd4x import (
     temperature_offset_word,
 )
 from drivers.sensirion import command_frame, pack_word, unpack_words
-from drivers.sim.bme280 import SimBME280
 from drivers.sim.bus import SimBus
 from drivers.sim.scd4x import SELF_HEATING, SimSCD4x, raw_humidity, raw_temperature
-from gateway.cli import main
-from gateway.config import load_settings
 from gateway.errors import SensorError
-from gateway.polling import Poller
-from gateway.readings import Measurement, Reading
+from gateway.readings import Measurement
 from gateway.workers import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,21 +72,6 @@ AFTER_ONE_PERIOD = 5.01
 AFTER_ONE_LOW_POWER_PERIOD = 30.01
 
 
-class FakeTime:
-    """A clock and a sleep that advances it, shared by the driver and the simulator."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def make(
     period: float = 5.0, low_power_period: float = 30.0, /, **options: object
 ) -> tuple[SimBus, SimSCD4x, SCD4x, FakeTime]:
@@ -82,8 +79,7 @@ def make(
     chip = SimSCD4x(
         seed=4, period=period, low_power_period=low_power_period, drift=False, clock=time.clock
     )
-    bus = SimBus()
-    bus.attach(ADDRESS, chip)
+    bus = sim_bus(ADDRESS, chip)
     driver = SCD4x(
         DriverContext("meeting-room", bus, ADDRESS),
         SCD4xOptions.model_validate(options),
@@ -91,14 +87,6 @@ def make(
         clock=time.clock,
     )
     return bus, chip, driver, time
-
-
-def values(measurements: list[Measurement]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for m in measurements:
-        assert isinstance(m.value, float)
-        out[m.quantity] = m.value
-    return out
 
 
 # --- conversions (3.5.2, 3.6.1, 3.8.2, 3.9.2) ---------------------------------------------
@@ -363,14 +351,10 @@ def test_a_corrupted_data_ready_crc_fails_the_read() -> None:
     assert len(driver.read()) == 3
 
 
-@pytest.mark.parametrize("code", [errno.EREMOTEIO, errno.EIO, errno.ETIMEDOUT])
+@pytest.mark.parametrize("code", BUS_ERRORS)
 def test_bus_errors_propagate_from_read(code: int) -> None:
     bus, _, driver, _ = make(0.0, 0.0)
-    driver.setup()
-    bus.inject_faults(code)
-    with pytest.raises(OSError) as caught:
-        driver.read()
-    assert caught.value.errno == code
+    check_bus_error_propagates(bus, driver, code)
     assert len(driver.read()) == 3
 
 
@@ -395,59 +379,31 @@ def test_close_makes_the_next_read_set_up_again() -> None:
 def test_real_clock_default_sleep() -> None:
     """No fake time: the driver's real waits satisfy the simulator's execution times."""
     chip = SimSCD4x(seed=1, period=0.0, drift=False)
-    bus = SimBus()
-    bus.attach(ADDRESS, chip)
+    bus = sim_bus(ADDRESS, chip)
     driver = SCD4x(DriverContext("co2", bus, ADDRESS), SCD4xOptions(altitude=100))
     chip.co2 = 812.0
     assert values(driver.read())["co2"] == 812.0
 
 
 def test_missing_bus_is_a_clear_error() -> None:
-    with pytest.raises(SensorError, match="needs an I2C bus"):
-        SCD4x(DriverContext("co2"), SCD4xOptions()).read()
+    check_missing_bus_is_a_clear_error(SCD4x, SCD4xOptions(), "co2")
 
 
 def test_wrong_options_type_is_refused() -> None:
-    with pytest.raises(TypeError, match="SCD4xOptions"):
-        SCD4x(DriverContext("co2"), DriverOptions())
+    check_wrong_options_type_is_refused(SCD4x, "SCD4xOptions", "co2")
 
 
 # --- the poller --------------------------------------------------------------------------
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-
-    def __call__(self, readings: list[Reading]) -> None:
-        self.readings.extend(readings)
-
-
 @pytest.fixture
 def worker() -> Iterator[Worker]:
-    made = Worker("test-scd4x")
-    yield made
-    made.shutdown()
-
-
-def poller_for(driver: SCD4x, worker: Worker, retries: int) -> tuple[Poller, Sink]:
-    sink = Sink()
-    poller = Poller(
-        name="meeting-room",
-        driver=driver,
-        worker=worker,
-        interval=0.05,
-        timeout=1.0,
-        retries=retries,
-        sink=sink,
-        synced=lambda: True,
-    )
-    return poller, sink
+    yield from worker_named("test-scd4x")
 
 
 async def test_poller_counts_a_bad_crc_and_publishes_nothing(worker: Worker) -> None:
     _, chip, driver, _ = make(0.0, 0.0)
-    poller, sink = poller_for(driver, worker, retries=0)
+    poller, sink = poller_for("meeting-room", driver, worker, retries=0)
     assert len(await poller.poll_once()) == 3
     published = len(sink.readings)
     chip.corrupt_next_crc(1, command=CMD_READ_MEASUREMENT)
@@ -460,7 +416,7 @@ async def test_poller_counts_a_bad_crc_and_publishes_nothing(worker: Worker) -> 
 
 async def test_poller_treats_no_data_as_a_healthy_empty_cycle(worker: Worker) -> None:
     _, _, driver, _ = make()  # 5 s period, fake time standing still: never ready
-    poller, sink = poller_for(driver, worker, retries=0)
+    poller, sink = poller_for("meeting-room", driver, worker, retries=0)
     assert await poller.poll_once() == []
     assert await poller.poll_once() == []
     assert poller.status.errors == 0
@@ -468,12 +424,12 @@ async def test_poller_treats_no_data_as_a_healthy_empty_cycle(worker: Worker) ->
     assert sink.readings == []
 
 
-@pytest.mark.parametrize("code", [errno.EREMOTEIO, errno.EIO, errno.ETIMEDOUT])
+@pytest.mark.parametrize("code", BUS_ERRORS)
 async def test_poller_retries_bus_errors_and_sets_the_chip_up_again(
     code: int, worker: Worker
 ) -> None:
     bus, chip, driver, _ = make(0.0, 0.0)
-    poller, sink = poller_for(driver, worker, retries=2)
+    poller, sink = poller_for("meeting-room", driver, worker, retries=2)
     assert len(await poller.poll_once()) == 3
     chip.commands.clear()
     bus.inject_faults(code)
@@ -510,9 +466,7 @@ def test_identify_a_measuring_chip_without_stopping_it() -> None:
 
 
 def test_identify_is_none_for_a_bme280_at_the_same_address() -> None:
-    bus = SimBus()
-    bus.attach(ADDRESS, SimBME280())
-    assert SCD4x.identify(bus, ADDRESS) is None
+    check_identify_none_for_a_bme280(SCD4x, ADDRESS)
 
 
 def test_identify_is_none_for_an_empty_address() -> None:
@@ -544,10 +498,7 @@ def test_options_refuse_what_the_chip_cannot_take(options: dict[str, object]) ->
 
 
 def test_registry_and_class_attributes() -> None:
-    assert load_driver("scd4x") is SCD4x
-    assert SCD4x.bus_kind == "i2c"
-    assert SCD4x.addresses == (0x62,)
-    assert SCD4x.options_model is SCD4xOptions
+    check_registered("scd4x", SCD4x, (0x62,), SCD4xOptions)
     sim = SCD4x.simulator(0x62, seed=3)
     assert isinstance(sim, SimSCD4x)
     assert sim.period == 0.0  # sped up for bus: sim
@@ -562,12 +513,8 @@ def test_datasheet_ranges() -> None:
 
 
 def test_example_config_is_valid_and_documents_every_option() -> None:
-    settings = load_settings(EXAMPLE)
-    assert [s.driver for s in settings.sensors] == ["scd4x"]
+    settings = check_example_documents_every_option(EXAMPLE, ["scd4x"], SCD4xOptions)
     assert settings.sensors[0].address == 0x62
-    text = EXAMPLE.read_text()
-    for field in SCD4xOptions.model_fields:
-        assert f"# {field}: " in text, field
 
 
 def test_cli_read_prints_the_readings_of_the_example(
@@ -575,9 +522,8 @@ def test_cli_read_prints_the_readings_of_the_example(
 ) -> None:
     path = tmp_path / "scd4x.yaml"
     path.write_text(EXAMPLE.read_text().replace("./scd4x-state", str(tmp_path / "state")))
-    assert main(["read", "--config", str(path)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["sensor"], r["quantity"], r["unit"]) for r in lines] == [
+    lines = read_example(path, capsys)
+    assert sensor_quantity_units(lines) == [
         ("meeting-room", "co2", "ppm"),
         ("meeting-room", "temperature", "Cel"),
         ("meeting-room", "humidity", "%RH"),
@@ -593,14 +539,6 @@ def test_cli_read_prints_the_readings_of_the_example(
 
 def send(chip: SimSCD4x, code: int, *args: int) -> None:
     chip.write_raw(command_frame(code, args))
-
-
-def nacks(call: Callable[[], object]) -> bool:
-    try:
-        call()
-    except OSError as err:
-        return err.errno == errno.EREMOTEIO
-    return False
 
 
 def test_sim_nacks_everything_for_500_ms_after_stop() -> None:

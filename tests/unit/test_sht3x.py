@@ -5,18 +5,34 @@ the CLI with the example configuration, and the simulator on its own."""
 from __future__ import annotations
 
 import errno
-import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import smbus2
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from i2c_checks import (
+    BUS_ERRORS,
+    FakeTime,
+    check_bus_error_propagates,
+    check_example_documents_every_option,
+    check_identify_none_for_a_bme280,
+    check_missing_bus_is_a_clear_error,
+    check_registered,
+    check_wrong_options_type_is_refused,
+    nacks,
+    poller_for,
+    sensor_quantity_units,
+    sim_bus,
+    values,
+    worker_named,
+)
 from pydantic import ValidationError
+from sim_tree_checks import read_example
 
-from drivers.base import DriverContext, DriverOptions, load_driver, out_of_range
+from drivers.base import DriverContext, out_of_range
 from drivers.sensirion import pack_word, pack_words, unpack_words
 from drivers.sht3x import (
     CMD_CLEAR_STATUS,
@@ -34,14 +50,11 @@ from drivers.sht3x import (
     humidity_percent,
     temperature_celsius,
 )
-from drivers.sim.bme280 import SimBME280
 from drivers.sim.bus import SimBus
 from drivers.sim.sht3x import SimSHT3x, raw_humidity, raw_temperature
-from gateway.cli import main
 from gateway.config import load_settings
 from gateway.errors import ConfigError, SensorError
-from gateway.polling import Poller
-from gateway.readings import Measurement, Reading
+from gateway.readings import Measurement
 from gateway.workers import Worker
 
 ADDRESS = 0x44
@@ -51,40 +64,16 @@ LSB_CELSIUS = 175.0 / 65535  # one step of the temperature word
 LSB_PERCENT = 100.0 / 65535  # one step of the humidity word
 
 
-class FakeTime:
-    """A clock and a sleep that advances it, shared by the driver and the simulator."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def make(address: int = ADDRESS, /, **options: object) -> tuple[SimBus, SimSHT3x, SHT3x, FakeTime]:
     time = FakeTime()
     chip = SimSHT3x(seed=3, drift=False, clock=time.clock)
-    bus = SimBus()
-    bus.attach(address, chip)
+    bus = sim_bus(address, chip)
     driver = SHT3x(
         DriverContext("office", bus, address),
         SHT3xOptions.model_validate(options),
         sleep=time.sleep,
     )
     return bus, chip, driver, time
-
-
-def values(measurements: list[Measurement]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for m in measurements:
-        assert isinstance(m.value, float)
-        out[m.quantity] = m.value
-    return out
 
 
 # --- conversions (4.13) -------------------------------------------------------------------
@@ -213,14 +202,10 @@ def test_a_corrupted_status_crc_fails_setup() -> None:
     assert driver.status == 0x8010
 
 
-@pytest.mark.parametrize("code", [errno.EREMOTEIO, errno.EIO, errno.ETIMEDOUT])
+@pytest.mark.parametrize("code", BUS_ERRORS)
 def test_bus_errors_propagate_from_read(code: int) -> None:
     bus, _, driver, _ = make()
-    driver.setup()
-    bus.inject_faults(code)
-    with pytest.raises(OSError) as caught:
-        driver.read()
-    assert caught.value.errno == code
+    check_bus_error_propagates(bus, driver, code)
     assert len(driver.read()) == 2
 
 
@@ -229,8 +214,7 @@ def test_a_chip_still_measuring_nacks_the_read() -> None:
     # The chip's clock runs at half the driver's: after the 15 ms wait it has measured
     # for 7.5 ms of its 12.5 ms, so it NACKs the read header (4.3) — a bus error.
     chip = SimSHT3x(drift=False, clock=lambda: time.now * 0.5)
-    bus = SimBus()
-    bus.attach(ADDRESS, chip)
+    bus = sim_bus(ADDRESS, chip)
     driver = SHT3x(DriverContext("office", bus, ADDRESS), SHT3xOptions(), sleep=time.sleep)
     with pytest.raises(OSError) as caught:
         driver.read()
@@ -277,8 +261,7 @@ def test_second_address() -> None:
 def test_real_clock_default_sleep() -> None:
     """No fake time: the driver's real 15 ms wait outlasts the simulated 12.5 ms."""
     chip = SimSHT3x(seed=1, drift=False)
-    bus = SimBus()
-    bus.attach(0x45, chip)
+    bus = sim_bus(0x45, chip)
     driver = SHT3x(DriverContext("office", bus, 0x45), SHT3xOptions())
     chip.temperature = 19.5
     assert values(driver.read())["temperature"] == pytest.approx(19.5, abs=LSB_CELSIUS)
@@ -307,51 +290,24 @@ def test_the_driver_uses_only_i2c_rdwr() -> None:
 
 
 def test_missing_bus_is_a_clear_error() -> None:
-    with pytest.raises(SensorError, match="needs an I2C bus"):
-        SHT3x(DriverContext("office"), SHT3xOptions()).read()
+    check_missing_bus_is_a_clear_error(SHT3x, SHT3xOptions(), "office")
 
 
 def test_wrong_options_type_is_refused() -> None:
-    with pytest.raises(TypeError, match="SHT3xOptions"):
-        SHT3x(DriverContext("office"), DriverOptions())
+    check_wrong_options_type_is_refused(SHT3x, "SHT3xOptions", "office")
 
 
 # --- the poller --------------------------------------------------------------------------
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-
-    def __call__(self, readings: list[Reading]) -> None:
-        self.readings.extend(readings)
-
-
 @pytest.fixture
 def worker() -> Iterator[Worker]:
-    made = Worker("test-sht3x")
-    yield made
-    made.shutdown()
-
-
-def poller_for(driver: SHT3x, worker: Worker, retries: int) -> tuple[Poller, Sink]:
-    sink = Sink()
-    poller = Poller(
-        name="office",
-        driver=driver,
-        worker=worker,
-        interval=0.05,
-        timeout=1.0,
-        retries=retries,
-        sink=sink,
-        synced=lambda: True,
-    )
-    return poller, sink
+    yield from worker_named("test-sht3x")
 
 
 async def test_poller_counts_a_bad_crc_and_publishes_nothing(worker: Worker) -> None:
     _, chip, driver, _ = make()
-    poller, sink = poller_for(driver, worker, retries=0)
+    poller, sink = poller_for("office", driver, worker, retries=0)
     assert len(await poller.poll_once()) == 2
     published = len(sink.readings)
     chip.corrupt_next_crc(1, command=CMD_MEASURE["high"])
@@ -364,7 +320,7 @@ async def test_poller_counts_a_bad_crc_and_publishes_nothing(worker: Worker) -> 
 
 async def test_poller_retries_after_a_bad_crc(worker: Worker) -> None:
     _, chip, driver, _ = make()
-    poller, sink = poller_for(driver, worker, retries=1)
+    poller, sink = poller_for("office", driver, worker, retries=1)
     chip.corrupt_next_crc(0, command=CMD_MEASURE["high"])
     readings = await poller.poll_once()
     assert [r.quantity for r in readings] == ["temperature", "humidity"]
@@ -372,10 +328,10 @@ async def test_poller_retries_after_a_bad_crc(worker: Worker) -> None:
     assert sink.readings == readings
 
 
-@pytest.mark.parametrize("code", [errno.EREMOTEIO, errno.EIO, errno.ETIMEDOUT])
+@pytest.mark.parametrize("code", BUS_ERRORS)
 async def test_poller_retries_bus_errors(code: int, worker: Worker) -> None:
     bus, _, driver, _ = make()
-    poller, sink = poller_for(driver, worker, retries=2)
+    poller, sink = poller_for("office", driver, worker, retries=2)
     bus.inject_faults(code)
     readings = await poller.poll_once()
     assert len(readings) == 2
@@ -397,9 +353,7 @@ def test_identify_the_simulator(address: int) -> None:
 
 
 def test_identify_is_none_for_a_bme280_at_the_same_address() -> None:
-    bus = SimBus()
-    bus.attach(ADDRESS, SimBME280())
-    assert SHT3x.identify(bus, ADDRESS) is None
+    check_identify_none_for_a_bme280(SHT3x, ADDRESS)
 
 
 def test_identify_is_none_for_an_empty_address_or_a_bad_crc() -> None:
@@ -425,10 +379,7 @@ def test_options_refuse_what_the_driver_does_not_do(options: dict[str, object]) 
 
 
 def test_registry_and_class_attributes() -> None:
-    assert load_driver("sht3x") is SHT3x
-    assert SHT3x.bus_kind == "i2c"
-    assert SHT3x.addresses == (0x44, 0x45)
-    assert SHT3x.options_model is SHT3xOptions
+    check_registered("sht3x", SHT3x, (0x44, 0x45), SHT3xOptions)
     assert isinstance(SHT3x.simulator(0x44, seed=3), SimSHT3x)
 
 
@@ -449,11 +400,7 @@ def test_config_refuses_an_address_the_chip_cannot_have(tmp_path: Path) -> None:
 
 
 def test_example_config_is_valid_and_documents_every_option() -> None:
-    settings = load_settings(EXAMPLE)
-    assert [s.driver for s in settings.sensors] == ["sht3x", "sht3x"]
-    text = EXAMPLE.read_text()
-    for field in SHT3xOptions.model_fields:
-        assert f"# {field}: " in text, field
+    check_example_documents_every_option(EXAMPLE, ["sht3x", "sht3x"], SHT3xOptions)
 
 
 def test_cli_read_prints_the_readings_of_the_example(
@@ -461,9 +408,8 @@ def test_cli_read_prints_the_readings_of_the_example(
 ) -> None:
     path = tmp_path / "sht3x.yaml"
     path.write_text(EXAMPLE.read_text().replace("./sht3x-state", str(tmp_path / "state")))
-    assert main(["read", "--config", str(path)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["sensor"], r["quantity"], r["unit"]) for r in lines] == [
+    lines = read_example(path, capsys)
+    assert sensor_quantity_units(lines) == [
         ("office", "temperature", "Cel"),
         ("office", "humidity", "%RH"),
         ("lab", "temperature", "Cel"),
@@ -482,14 +428,6 @@ def command(chip: SimSHT3x, code: int) -> None:
 
 def read(chip: SimSHT3x, words: int) -> tuple[int, ...]:
     return unpack_words(chip.read_raw(3 * words), sensor="sim")
-
-
-def nacks(call: Callable[[], object]) -> bool:
-    try:
-        call()
-    except OSError as err:
-        return err.errno == errno.EREMOTEIO
-    return False
 
 
 def test_sim_single_shot_nacks_until_done_then_answers_once() -> None:
