@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING
 import pytest
 from daemon_harness import wait_until
 
-from gateway import verify
 from gateway.buffer import ROW_BYTES
 
-from .fault_harness import RUN, FaultRig, arrival, audit_drops, sensors, single_stream
+from .fault_harness import RUN, FaultRig, recover_and_audit, sensors
 
 if TYPE_CHECKING:
     from conftest import Collector
@@ -69,36 +68,10 @@ def test_an_outage_beyond_the_cap_drops_the_oldest_readings_and_announces_them_e
     assert during.outbox == {}, "nothing is sealed while the broker is down"
     sealed_before = during.seq
 
-    rig.broker.start()
-    gateway.wait_log("connected", count=2, timeout=30)
-    wait_until(
-        lambda: len(rig.snapshot().readings) < 4_000,
-        timeout=60,
-        what="the backlog drains",
-        interval=0.5,
-    )
-    assert gateway.terminate() == 0, gateway.describe()
-    counters = gateway.counters()
-    taken = counters["readings_taken"]
+    recovery = recover_and_audit(rig, gateway, telemetry, FEED)
+    taken, got, audit = recovery.taken, recovery.got, recovery.audit
 
-    def accounted() -> bool:
-        got = arrival(telemetry.payloads(), rig.keys())
-        return len(got.readings) + got.dropped >= taken
-
-    wait_until(
-        accounted, timeout=30, what="every reading arrives or is announced dropped", interval=0.5
-    )
-
-    payloads = telemetry.payloads()
-    stream = single_stream(verify.verify_stream(payloads, rig.keys()))
-    got = arrival(payloads, rig.keys())
-    audit = audit_drops(got, FEED)
-    assert not audit.problems, "\n".join(audit.problems)
-
-    # Exact accounting: taken = arrived + announced, and the daemon agrees.
-    assert audit.dropped == stream.dropped == counters["readings_dropped"]
     assert audit.dropped == dropped_so_far() >= DROPS
-    assert len(got.readings) + audit.dropped == taken
     assert len(audit.missing) == audit.dropped
     # The newest reading of every sensor arrived: nothing after it was taken unseen.
     highest = {sensor: max(got.values(sensor)) for sensor in FEED}

@@ -27,11 +27,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 import pytest
-from daemon_harness import wait_until
 
-from gateway import verify
-
-from .fault_harness import RUN, FaultRig, arrival, audit_drops, sensors, single_stream
+from .fault_harness import RUN, FaultRig, recover_and_audit, sensors
 
 if TYPE_CHECKING:
     from conftest import Collector
@@ -102,31 +99,6 @@ def test_a_long_outage_keeps_memory_flat_and_the_disk_within_the_cap(
     assert max(disk) <= CAP + DISK_OVERHEAD, report
     assert max(disk) > disk[0] + CAP // 2, f"the backlog did not grow on disk: {report}"
 
-    rig.broker.start()
-    gateway.wait_log("connected", count=2, timeout=30)
-    wait_until(
-        lambda: len(rig.snapshot().readings) < 8_000,
-        timeout=60,
-        what="the backlog drains",
-        interval=0.5,
-    )
-    assert gateway.terminate() == 0, gateway.describe()
-    counters = gateway.counters()
-    taken = counters["readings_taken"]
-    assert taken > 60_000, f"only {taken} readings taken: the feed was too slow"
-
-    def accounted() -> bool:
-        got = arrival(telemetry.payloads(), rig.keys())
-        return len(got.readings) + got.dropped >= taken
-
-    wait_until(
-        accounted, timeout=30, what="every reading arrives or is announced dropped", interval=0.5
-    )
-    payloads = telemetry.payloads()
-    stream = single_stream(verify.verify_stream(payloads, rig.keys()))
-    got = arrival(payloads, rig.keys())
-    audit = audit_drops(got, FEED)
-    assert not audit.problems, "\n".join(audit.problems)
-    assert audit.dropped == stream.dropped == counters["readings_dropped"]
-    assert len(got.readings) + audit.dropped == taken
+    recovery = recover_and_audit(rig, gateway, telemetry, FEED, backlog=8_000)
+    assert recovery.taken > 60_000, f"only {recovery.taken} readings taken: the feed was too slow"
     rig.assert_healthy(gateway)

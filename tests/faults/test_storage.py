@@ -35,8 +35,8 @@ from .fault_harness import (
     arrival,
     audit_drops,
     checked_batch,
+    recover_and_audit,
     sensors,
-    single_stream,
 )
 
 if TYPE_CHECKING:
@@ -211,30 +211,5 @@ def test_a_full_disk_drops_the_oldest_counted_and_the_daemon_recovers(
         interval=0.5,
     )
     # Then the broker: the backlog drains and new readings flow.
-    rig.broker.start()
-    gateway.wait_log("connected", count=2, timeout=30)
-    wait_until(
-        lambda: len(rig.snapshot().readings) < 4_000,
-        timeout=60,
-        what="the backlog drains",
-        interval=0.5,
-    )
-    assert gateway.terminate() == 0, gateway.describe()
-    counters = gateway.counters()
-    taken = counters["readings_taken"]
-
-    def accounted() -> bool:
-        got = arrival(telemetry.payloads(), rig.keys())
-        return len(got.readings) + got.dropped >= taken
-
-    wait_until(
-        accounted, timeout=30, what="every reading arrives or is announced dropped", interval=0.5
-    )
-    payloads = telemetry.payloads()
-    stream = single_stream(verify.verify_stream(payloads, rig.keys()))
-    got = arrival(payloads, rig.keys())
-    audit = audit_drops(got, DISK_FEED)
-    assert not audit.problems, "\n".join(audit.problems)
-    assert audit.dropped == stream.dropped == counters["readings_dropped"]
-    assert len(got.readings) + audit.dropped == taken
+    recover_and_audit(rig, gateway, telemetry, DISK_FEED)
     rig.assert_healthy(gateway)
